@@ -1,0 +1,45 @@
+# The one way to run things: developers and CI use these targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+export LONGDOC_HOST ?= 127.0.0.1
+export LONGDOC_PORT ?= 8000
+export LONGDOC_DATA_DIR ?= ./.longdoc
+
+.PHONY: setup services test-services run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+services:
+	scripts/ensure-services.sh redis
+
+test-services:
+	scripts/ensure-services.sh redis postgresql
+
+# Starts the API, the workers, beat and (without a model API key) the sandbox model.
+# Loopback webhook targets are allowed here so a local receiver can be used.
+run: setup services
+	LONGDOC_WEBHOOK_ALLOWED_NETWORKS="$${LONGDOC_WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}" \
+		$(BIN)/longdoc run
+
+test: setup test-services
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup services
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.planning
+
+clean:
+	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache

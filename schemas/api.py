@@ -1,0 +1,112 @@
+"""Request and response bodies of the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+DocumentStatus = Literal["processing", "ready", "failed"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class DocumentOut(BaseModel):
+    id: str
+    filename: str | None = None
+    sha256: str
+    media_type: str
+    bytes: int
+    status: DocumentStatus
+    pages: int | None = None
+    tokens: int | None = None
+    error: ErrorDetail | None = None
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    document_ids: list[str] = Field(min_length=1, max_length=100)
+    json_schema: dict[str, Any] = Field(alias="schema")
+    instructions: str | None = Field(default=None, max_length=100_000)
+    webhook_url: str | None = Field(default=None, max_length=2000)
+    mode: Literal["json_schema", "tools"] = "json_schema"
+    merge: Literal["auto", "model"] = "auto"
+    image_detail: Literal["auto", "low", "high"] = "auto"
+    pages_as_images: bool = False
+    max_tokens_per_call: int | None = Field(default=None, ge=4096)
+    max_output_tokens: int | None = Field(default=None, ge=256)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    dry_run: bool = False
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Progress(BaseModel):
+    chunks_total: int = 0
+    chunks_done: int = 0
+
+
+class PlanChunk(BaseModel):
+    documents: list[str]
+    pages: list[int]  # [first, last], 1-based, across the chunk's documents
+    prompt_tokens: int
+
+
+class Plan(BaseModel):
+    calls: int
+    budget_tokens: int
+    chunks: list[PlanChunk]
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    document_ids: list[str]
+    model: str | None
+    profile: str
+    progress: Progress
+    usage: Usage
+    cost_usd: float
+    gateway_cost_usd: float | None = None
+    plan: Plan | None = None
+    error: ErrorDetail | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class DryRunOut(BaseModel):
+    dry_run: Literal[True] = True
+    plan: Plan
+    estimated_cost_usd: float
+    profile: str
+
+
+class ResultOut(BaseModel):
+    job_id: str
+    model: str | None
+    data: dict[str, Any]
+    warnings: list[Any] = []
+    usage: Usage
+    cost_usd: float
+
+
+class KeyCreated(BaseModel):
+    tenant: str
+    api_key: str
+    webhook_secret: str

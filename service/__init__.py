@@ -1,0 +1,1 @@
+"""longdoc service: API, persistence, storage, settings, tokens, the sandbox model."""

@@ -1,0 +1,202 @@
+"""The ``longdoc`` command: keys, migrations, and every process of the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+
+import httpx
+
+from service.settings import get_settings
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.auth import create_key
+    from service.db import session_scope
+
+    with session_scope() as session:
+        tenant, key = create_key(session, args.tenant)
+        out = {"tenant": tenant.name, "api_key": key, "webhook_secret": tenant.webhook_secret}
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from service.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    return 0
+
+
+def api_argv(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+            "--host", host, "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
+
+
+def worker_argv(queue: str, concurrency: int | None = None, name: str | None = None) -> list[str]:
+    settings = get_settings()
+    if queue == "model":
+        pool = ["-P", "threads", "-c", str(concurrency or settings.model_concurrency)]
+    else:
+        pool = ["-P", "prefork", "-c", str(concurrency or os.cpu_count() or 2)]
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue,
+            *pool, "-n", f"{name or queue}-{os.getpid()}@%h", "--without-gossip",
+            "--without-mingle", "--loglevel", "INFO"]
+
+
+def beat_argv() -> list[str]:
+    settings = get_settings()
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel",
+            "WARNING", "-s", str((settings.data_dir / "celerybeat-schedule").resolve())]
+
+
+def sandbox_argv(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "service.cli", "sandbox", "--host", host, "--port", str(port),
+            *extra]
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    os.execv(sys.executable, api_argv(args.host or settings.host, args.port or settings.port))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_argv(args.queue, args.concurrency))
+    return 0
+
+
+def cmd_beat(_: argparse.Namespace) -> int:
+    os.execv(sys.executable, beat_argv())
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.sandbox import SandboxConfig, create_sandbox_app
+
+    config = SandboxConfig(**{f.name: getattr(args, f.name) for f in fields(SandboxConfig)})
+    uvicorn.run(create_sandbox_app(config), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+    return 0
+
+
+def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"a process exited during start-up: {proc.args}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Starts everything on one machine: API, workers, beat and, without a key, the sandbox."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    cmd_migrate(args)
+    env = dict(os.environ)
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    sandbox_note = ""
+    if not settings.resolved_api_key and not settings.model_base_url:
+        sandbox_port = settings.port + 1
+        procs.append(subprocess.Popen(sandbox_argv(settings.host, sandbox_port), env=env))
+        env["LONGDOC_MODEL_BASE_URL"] = f"http://{settings.host}:{sandbox_port}/v1"
+        sandbox_note = (f"model: SANDBOX at http://{settings.host}:{sandbox_port}/v1 (no API key set:"
+                        " answers are synthetic and say model: sandbox)")
+        _wait_http(f"http://{settings.host}:{sandbox_port}/healthz", 60, procs)
+    procs.append(subprocess.Popen(api_argv(settings.host, settings.port), env=env))
+    procs.append(subprocess.Popen(worker_argv("cpu"), env=env))
+    procs.append(subprocess.Popen(worker_argv("model"), env=env))
+    procs.append(subprocess.Popen(beat_argv(), env=env))
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        _wait_http(f"{url}/healthz", 60, procs)
+        from service.auth import create_key
+        from service.db import session_scope
+
+        with session_scope() as session:
+            tenant, key = create_key(session, "dev")
+            secret = tenant.webhook_secret
+        print(f"\nlongdoc is running at {url}\n  OpenAPI docs: {url}/docs\n"
+              f"  development API key (tenant 'dev'): {key}\n  webhook secret: {secret}\n"
+              f"  {sandbox_note or 'model: ' + settings.resolved_base_url}\n"
+              "Press Ctrl-C to stop.\n", flush=True)
+        stop = False
+
+        def _stop(*_: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stop:
+            if any(p.poll() is not None for p in procs):
+                print("a longdoc process exited; stopping the rest", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="longdoc", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key (and the tenant if new)")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=cmd_keys_create)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=cmd_api)
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queue", choices=["cpu", "model"], required=True)
+    worker.add_argument("--concurrency", type=int)
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("beat", help="run the scheduler").set_defaults(func=cmd_beat)
+    sandbox = sub.add_parser("sandbox", help="run the sandbox model server (offline peer)")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8001)
+    from service.sandbox import SandboxConfig
+
+    for f in fields(SandboxConfig):
+        sandbox.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default),
+                             default=f.default)
+    sandbox.set_defaults(func=cmd_sandbox)
+    sub.add_parser("run", help="start everything on this machine").set_defaults(func=cmd_run)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Exact token counting with ``o200k_base``, loaded offline, and the image token formula."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import math
+from functools import lru_cache
+from importlib import resources
+from unittest import mock
+
+import tiktoken
+from tiktoken_ext import openai_public
+
+# The hash tiktoken itself checks for o200k_base (tiktoken_ext/openai_public.py).
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+
+class TokenizerUnavailable(RuntimeError):
+    pass
+
+
+def _load_ranks(name: str, expected_hash: str) -> dict[bytes, int]:
+    # tiktoken downloads its BPE files at run time; bpe-openai ships the same files gzipped.
+    blob = resources.files("bpe_openai").joinpath(f"data/{name}.tiktoken.gz").read_bytes()
+    data = gzip.decompress(blob)
+    if hashlib.sha256(data).hexdigest() != expected_hash:
+        raise TokenizerUnavailable(f"{name}: BPE file does not match sha256 {expected_hash}")
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@lru_cache(maxsize=4)
+def get_encoding(name: str = "o200k_base") -> tiktoken.Encoding:
+    if name != "o200k_base":
+        raise TokenizerUnavailable(f"tokenizer {name!r} is not available offline")
+
+    def loader(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        return _load_ranks(name, expected_hash or O200K_SHA256)
+
+    # Reuse tiktoken's own definition (pattern, special tokens) with the packaged ranks.
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", loader):
+        spec = openai_public.o200k_base()
+    return tiktoken.Encoding(**spec)
+
+
+def count_text(text: str, encoding: str = "o200k_base") -> int:
+    if not text:
+        return 0
+    return len(get_encoding(encoding).encode_ordinary(text))
+
+
+def count_texts(texts: list[str], encoding: str = "o200k_base") -> list[int]:
+    """Counts many texts at once; tiktoken spreads the batch over threads."""
+    enc = get_encoding(encoding)
+    counts = [0] * len(texts)
+    todo = [(i, t) for i, t in enumerate(texts) if t]
+    if todo:
+        encoded = enc.encode_ordinary_batch([t for _, t in todo], num_threads=4)
+        for (i, _), toks in zip(todo, encoded, strict=True):
+            counts[i] = len(toks)
+    return counts
+
+
+def patch_grid(width: int, height: int, patch: int = 32, max_patches: int = 1536) -> tuple[int, int]:
+    """The patch method of GPT-4.1 mini/nano (OpenAI vision guide): the (cols, rows) billed."""
+    cols, rows = math.ceil(width / patch), math.ceil(height / patch)
+    if cols * rows <= max_patches:
+        return cols, rows
+    r = math.sqrt(patch * patch * max_patches / (width * height))
+    w_scaled, h_scaled = width * r / patch, height * r / patch
+    r *= min(math.floor(w_scaled) / w_scaled, math.floor(h_scaled) / h_scaled)
+    return math.ceil(width * r / patch), math.ceil(height * r / patch)
+
+
+def image_patch_tokens(
+    width: int, height: int, multiplier: float, max_patches: int = 1536, patch: int = 32
+) -> int:
+    cols, rows = patch_grid(width, height, patch, max_patches)
+    return math.ceil(cols * rows * multiplier)
+
+
+def image_tile_tokens(width: int, height: int, base: int, per_tile: int) -> int:
+    """The tile method of GPT-4o / GPT-4.1 (detail high): fit 2048, shortest side 768, 512 tiles."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return base + per_tile * math.ceil(w / 512) * math.ceil(h / 512)

@@ -1,0 +1,142 @@
+"""Streams a multipart upload to storage, enforcing the size cap while reading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.errors import ApiError
+from service.storage import LocalStorage
+
+MAX_FIELD_BYTES = 4096  # small text fields (password); anything longer is refused
+
+
+@dataclass
+class UploadedFile:
+    key: str
+    size: int
+    head: bytes
+    filename: str | None
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    header_field: bytes = b""
+    header_value: bytes = b""
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+
+class _Receiver:
+    def __init__(self, storage: LocalStorage, max_bytes: int) -> None:
+        self.storage, self.max_bytes = storage, max_bytes
+        self.part = _Part()
+        self.fields: dict[str, str] = {}
+        self.file: UploadedFile | None = None
+        self._out = None
+        self._tmp: Path | None = None
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._head = b""
+        self._field_buf = b""
+
+    def callbacks(self) -> dict:  # type: ignore[type-arg]
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda d, s, e: self._add("header_field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._add("header_value", d[s:e]),
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def _add(self, attr: str, data: bytes) -> None:
+        setattr(self.part, attr, getattr(self.part, attr) + data)
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_end(self) -> None:
+        self.part.headers[self.part.header_field.decode("latin-1").lower()] = self.part.header_value
+        self.part.header_field = self.part.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.part.headers.get("content-disposition", b""))
+        self.part.name = params.get(b"name", b"").decode("utf-8", "replace")
+        raw_filename = params.get(b"filename")
+        self.part.filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
+        if self.part.name == "file":
+            if self.file is not None or self._out is not None:
+                raise ApiError(422, "invalid_request", "send exactly one 'file' field")
+            self._tmp = self.storage.root / "tmp" / secrets.token_hex(16)
+            self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in on_part_end / cleanup
+        self._field_buf = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._out is None:
+            self._field_buf += chunk
+            if len(self._field_buf) > MAX_FIELD_BYTES:
+                raise ApiError(422, "invalid_request", f"field '{self.part.name}' is too long")
+            return
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            raise ApiError(413, "file_too_large",
+                           f"the file is larger than the limit of {self.max_bytes} bytes")
+        if len(self._head) < 64:
+            self._head += chunk[: 64 - len(self._head)]
+        self._digest.update(chunk)
+        self._out.write(chunk)
+
+    def on_part_end(self) -> None:
+        if self._out is None:
+            self.fields[self.part.name] = self._field_buf.decode("utf-8", "replace")
+            return
+        self._out.close()
+        self._out = None
+        key = self._digest.hexdigest()
+        assert self._tmp is not None
+        final = self.storage.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, final)
+        self._tmp = None
+        self.file = UploadedFile(key, self._size, self._head, self.part.filename)
+
+    def cleanup(self) -> None:
+        if self._out is not None:
+            self._out.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+async def receive_upload(
+    request: Request, storage: LocalStorage, max_bytes: int
+) -> tuple[UploadedFile, dict[str, str]]:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(422, "invalid_request", "send the document as multipart/form-data, field 'file'")
+    declared = request.headers.get("content-length")
+    # Refuse early when the client says up front that the body is too big (multipart framing
+    # adds a little, so leave room for it).
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise ApiError(413, "file_too_large",
+                       f"the file is larger than the limit of {max_bytes} bytes")
+    receiver = _Receiver(storage, max_bytes)
+    parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    finally:
+        receiver.cleanup()
+    if receiver.file is None:
+        raise ApiError(422, "invalid_request", "the multipart body has no 'file' field")
+    return receiver.file, receiver.fields

@@ -1,0 +1,1 @@
+"""longdoc workers: the Celery app, its tasks and the pipeline stages."""

@@ -1,0 +1,146 @@
+"""The one path to the model: the official ``openai`` SDK against an OpenAI-compatible URL.
+
+Retries are ours (the SDK's are off) so they can honour ``retry-after-ms`` / ``retry-after``,
+stay within a total time, and tell "try again" apart from "re-plan smaller" and "give up".
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+from openai import OpenAI
+
+from service.logs import log
+from service.settings import Settings
+
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+
+
+class ModelCallFailed(Exception):
+    """A call that will not succeed by retrying it as it is."""
+
+    def __init__(self, code: str, message: str, *, usage: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.usage = code, message, usage
+
+
+class RequestTooLarge(ModelCallFailed):
+    """The request exceeds the window or the TPM limit: re-plan it in smaller chunks."""
+
+
+@dataclass
+class CallResult:
+    model: str
+    finish_reason: str
+    content: str | None
+    tool_arguments: str | None
+    refusal: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    gateway_cost_usd: float | None
+    headers: dict[str, str] = field(default_factory=dict)
+    latency_ms: int = 0
+    attempts: int = 1
+
+
+def _retry_delay(headers: httpx.Headers | None, attempt: int) -> float:
+    if headers is not None:
+        ms = headers.get("retry-after-ms")
+        if ms:
+            try:
+                return float(ms) / 1000.0
+            except ValueError:
+                pass
+        seconds = headers.get("retry-after")
+        if seconds:
+            try:
+                return float(seconds)
+            except ValueError:
+                pass
+    # Exponential backoff with full jitter, capped.
+    return random.uniform(0.5, 1.0) * min(30.0, 0.5 * 2 ** (attempt - 1))
+
+
+def _is_too_large(exc: openai.APIStatusError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    code = body.get("code") or (body.get("error") or {}).get("code")
+    message = str(body.get("message") or exc.message)
+    return code == "context_length_exceeded" or (
+        exc.status_code == 429 and "Request too large" in message)
+
+
+class ModelClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = OpenAI(
+            base_url=settings.resolved_base_url,
+            api_key=settings.resolved_api_key or "sandbox",
+            max_retries=0,
+            timeout=settings.model_timeout_s,
+            http_client=httpx.Client(
+                limits=httpx.Limits(max_connections=max(64, settings.model_concurrency * 2),
+                                    max_keepalive_connections=max(32, settings.model_concurrency)),
+                timeout=settings.model_timeout_s),
+        )
+
+    def complete(self, body: dict[str, Any], *, on_wait=None) -> CallResult:  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        deadline = started + self.settings.model_max_retry_s
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = None
+            try:
+                raw = self.client.chat.completions.with_raw_response.create(**body)
+                return self._result(raw, started, attempt)
+            except openai.APIStatusError as exc:
+                if _is_too_large(exc):
+                    raise RequestTooLarge("request_too_large", exc.message) from None
+                if exc.status_code in (401, 403):
+                    raise ModelCallFailed("model_auth_failed",
+                                          f"the model endpoint refused the credentials "
+                                          f"({exc.status_code})") from None
+                if exc.status_code not in RETRY_STATUSES:
+                    raise ModelCallFailed("model_request_rejected",
+                                          f"{exc.status_code}: {exc.message}"[:500]) from None
+                headers, reason = exc.response.headers, f"{exc.status_code}"
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                reason = type(exc).__name__
+            delay = _retry_delay(headers, attempt)
+            if attempt >= self.settings.model_max_attempts or time.monotonic() + delay > deadline:
+                raise ModelCallFailed("model_unavailable",
+                                      f"the model did not answer after {attempt} attempts "
+                                      f"(last: {reason})")
+            log.info("model.call.retry", attempt=attempt, reason=reason, delay_s=round(delay, 3))
+            if on_wait is not None:
+                on_wait(reason, headers)
+            time.sleep(delay)
+
+    def _result(self, raw: Any, started: float, attempts: int) -> CallResult:
+        completion = raw.parse()
+        choice = completion.choices[0]
+        message = choice.message
+        usage = completion.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        cost = raw.headers.get("x-opper-cost")
+        tool_args = None
+        if message.tool_calls:
+            tool_args = message.tool_calls[0].function.arguments
+        return CallResult(
+            model=completion.model, finish_reason=choice.finish_reason or "stop",
+            content=message.content, tool_arguments=tool_args,
+            refusal=getattr(message, "refusal", None),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            cached_tokens=(details.cached_tokens or 0) if details else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            gateway_cost_usd=float(cost) if cost else None,
+            headers={k.lower(): v for k, v in raw.headers.items()
+                     if k.lower().startswith("x-ratelimit")},
+            latency_ms=int((time.monotonic() - started) * 1000), attempts=attempts,
+        )

@@ -1,0 +1,261 @@
+"""Turns an uploaded file into pages: text with exact token counts, or an image the model reads.
+
+Runs inside an isolated child process (see ``isolation``); everything here may be slow, crash or
+blow up on hostile input without harming the worker.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, ImageSequence
+
+from service.pages import ExtractedPage
+from service.storage import LocalStorage
+from service.tokens import count_texts
+
+MIN_TEXT_CHARS = 40  # fewer visible characters than this is no usable text layer
+JPEG_QUALITY = 85
+MAX_IMAGE_PIXELS = 120_000_000  # Pillow raises DecompressionBombError at twice this
+# The patch cap of GPT-4.1 mini/nano: more pixels than 1536 patches of 32 x 32 buy nothing.
+PATCH, MAX_PATCHES = 32, 1536
+MODEL_IMAGE_FORMATS = {"JPEG", "PNG", "WEBP"}
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+class ParseError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def useful_size(width: float, height: float) -> tuple[int, int]:
+    """The largest size, same aspect, whose patch count stays within the model's cap."""
+    if math.ceil(width / PATCH) * math.ceil(height / PATCH) <= MAX_PATCHES:
+        return max(1, round(width)), max(1, round(height))
+    scale = math.sqrt(PATCH * PATCH * MAX_PATCHES / (width * height))
+    while True:
+        w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        if math.ceil(w / PATCH) * math.ceil(h / PATCH) <= MAX_PATCHES:
+            return w, h
+        scale *= 0.99
+
+
+def normalise_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    lines = [line.rstrip() for line in text.split("\n")]
+    return "\n".join(lines).strip()
+
+
+def encode_jpeg(img: Image.Image) -> bytes:
+    if img.mode not in ("RGB", "L"):
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            img = img.convert("RGBA")
+            background = Image.new("RGB", img.size, (255, 255, 255))
+            background.paste(img, mask=img.getchannel("A"))
+            img = background
+        else:
+            img = img.convert("RGB")
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=JPEG_QUALITY, optimize=False)
+    return out.getvalue()
+
+
+def _image_page(storage: LocalStorage, data: bytes, size: tuple[int, int], media: str) -> ExtractedPage:
+    key = storage.put_bytes(data)
+    return ExtractedPage(kind="image", image=key, image_media_type=media, width=size[0],
+                         height=size[1], image_bytes=len(data))
+
+
+# ---------------------------------------------------------------- PDFs
+
+
+@dataclass
+class PdfOptions:
+    password: str | None
+    max_pages: int
+    render_all: bool = False
+
+
+def _open_pdf(path: str, password: str | None):  # type: ignore[no-untyped-def]
+    import pypdfium2 as pdfium
+
+    try:
+        return pdfium.PdfDocument(path, password=password)
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == 4:  # FPDF_ERR_PASSWORD
+            if password:
+                raise ParseError("pdf_password_incorrect", "the password does not open this PDF") from None
+            raise ParseError("pdf_encrypted",
+                             "the PDF is encrypted: upload it again with its 'password'") from None
+        return None  # PDFium cannot read it; pypdf may still recover the text
+
+
+def _page_image_cover(page) -> float:  # type: ignore[no-untyped-def]
+    import pypdfium2.raw as pdfium_c
+
+    width, height = page.get_size()
+    area = max(width * height, 1.0)
+    covered = 0.0
+    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=4):
+        left, bottom, right, top = obj.get_bounds()
+        covered += max(0.0, right - left) * max(0.0, top - bottom)
+    return min(covered / area, 1.0)
+
+
+def render_page(page, storage: LocalStorage) -> ExtractedPage:  # type: ignore[no-untyped-def]
+    width, height = page.get_size()
+    target = useful_size(width * 4, height * 4)  # start from 288 dpi, come down to the cap
+    scale = min(target[0] / width, target[1] / height)
+    bitmap = page.render(scale=scale, may_draw_forms=True)
+    img = bitmap.to_pil()
+    data = encode_jpeg(img)
+    return _image_page(storage, data, img.size, "image/jpeg")
+
+
+def render_size(page) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    width, height = page.get_size()
+    target = useful_size(width * 4, height * 4)
+    scale = min(target[0] / width, target[1] / height)
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[ExtractedPage]:
+    pdf = _open_pdf(path, options.password)
+    if pdf is None:
+        return _recover_with_pypdf(path, options)
+    try:
+        count = len(pdf)
+        if count > options.max_pages:
+            raise ParseError("document_too_large",
+                             f"the PDF has {count} pages; the limit is {options.max_pages}")
+        if count == 0:
+            raise ParseError("document_unreadable", "the PDF has no pages")
+        pages = []
+        for index in range(count):
+            page = pdf[index]
+            try:
+                textpage = page.get_textpage()
+                text = normalise_text(textpage.get_text_bounded())
+                textpage.close()
+                visible = sum(1 for ch in text if not ch.isspace())
+                if options.render_all or visible < MIN_TEXT_CHARS and _has_content(page, text):
+                    extracted = render_page(page, storage)
+                    extracted.text = text if options.render_all else ""
+                else:
+                    w, h = render_size(page)
+                    kind = "text" if visible else "empty"
+                    extracted = ExtractedPage(kind=kind, text=text, width=w, height=h)
+                pages.append(extracted)
+            finally:
+                page.close()
+        return pages
+    finally:
+        pdf.close()
+
+
+def _has_content(page, text: str) -> bool:  # type: ignore[no-untyped-def]
+    if text:
+        return True
+    return any(True for _ in page.get_objects(max_depth=2))
+
+
+def _recover_with_pypdf(path: str, options: PdfOptions) -> list[ExtractedPage]:
+    """PDFium refused the file; pypdf's lenient parser recovers the text of some damaged files."""
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(path, strict=False)
+        if reader.is_encrypted and not reader.decrypt(options.password or ""):
+            raise ParseError("pdf_encrypted", "the PDF is encrypted")
+        count = len(reader.pages)
+        if count > options.max_pages:
+            raise ParseError("document_too_large",
+                             f"the PDF has {count} pages; the limit is {options.max_pages}")
+        texts = [normalise_text(page.extract_text() or "") for page in reader.pages]
+    except ParseError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            RecursionError, OSError, AssertionError) as exc:
+        raise ParseError("document_unreadable",
+                         f"the PDF is damaged and cannot be read ({type(exc).__name__})") from None
+    if not any(texts):
+        raise ParseError("document_unreadable", "the PDF is damaged and no text could be recovered")
+    return [ExtractedPage(kind="text" if t else "empty", text=t) for t in texts]
+
+
+# ---------------------------------------------------------------- images
+
+
+def _frames(img: Image.Image, media_type: str) -> Iterator[Image.Image]:
+    if media_type == "image/tiff":
+        yield from ImageSequence.Iterator(img)
+    else:
+        yield img  # GIF and the rest: the first frame
+
+
+def parse_image(path: str, media_type: str, storage: LocalStorage, max_pages: int) -> list[ExtractedPage]:
+    if media_type in ("image/heif", "image/avif"):
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+        except ImportError:
+            raise ParseError("unsupported_media_type", "HEIF images are not supported here") from None
+    try:
+        with Image.open(path) as img:
+            pages = []
+            for index, frame in enumerate(_frames(img, media_type)):
+                if index >= max_pages:
+                    raise ParseError("document_too_large",
+                                     f"the image has more than {max_pages} frames")
+                pages.append(_image_frame(frame, img.format or "", storage, path, index == 0))
+            return pages
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ParseError("image_too_large", f"the image has too many pixels: {exc}") from None
+    except ParseError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ParseError("document_unreadable",
+                         f"the image is damaged or truncated ({type(exc).__name__})") from None
+
+
+def _image_frame(frame: Image.Image, fmt: str, storage: LocalStorage, path: str,
+                 first: bool) -> ExtractedPage:
+    width, height = frame.size
+    target = useful_size(width, height)
+    orientation = frame.getexif().get(0x0112, 1) if hasattr(frame, "getexif") else 1
+    if first and fmt in MODEL_IMAGE_FORMATS and target == (width, height) and orientation == 1:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        frame.load()  # a truncated file fails here, not at the model
+        return _image_page(storage, data, (width, height), Image.MIME[fmt])
+    if fmt == "JPEG":
+        frame.draft("RGB", target)  # decode at a reduced scale: far faster for big photos
+    frame = ImageOps.exif_transpose(frame) or frame
+    width, height = frame.size
+    target = useful_size(width, height)
+    if target != (width, height):
+        frame = frame.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    data = encode_jpeg(frame)
+    return _image_page(storage, data, frame.size, "image/jpeg")
+
+
+def parse_document(
+    path: str, media_type: str, storage: LocalStorage, options: PdfOptions
+) -> list[ExtractedPage]:
+    if media_type == "application/pdf":
+        pages = parse_pdf(path, storage, options)
+    else:
+        pages = parse_image(path, media_type, storage, options.max_pages)
+    counts = count_texts([p.text for p in pages])
+    for page, tokens in zip(pages, counts, strict=True):
+        page.text_tokens = tokens if page.kind == "text" else 0
+    return pages
