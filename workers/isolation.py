@@ -7,6 +7,7 @@ only ever touched in the child's single thread.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ from workers.parsing import ParseError
 
 
 def _child(fn: Callable[[], Any], write_fd: int, cpu_s: int, memory: int) -> None:
+    faulthandler.disable()  # a parser crash is an outcome here, not a trace to print
     try:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))

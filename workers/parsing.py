@@ -6,6 +6,7 @@ blow up on hostile input without harming the worker.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, ImageSequence
+from pypdf.errors import PyPdfError
 
 from service.pages import ExtractedPage
 from service.storage import LocalStorage
@@ -94,19 +96,20 @@ def _open_pdf(path: str, password: str | None):  # type: ignore[no-untyped-def]
                 raise ParseError("pdf_password_incorrect", "the password does not open this PDF") from None
             raise ParseError("pdf_encrypted",
                              "the PDF is encrypted: upload it again with its 'password'") from None
-        return None  # PDFium cannot read it; pypdf may still recover the text
-
-
-def _page_image_cover(page) -> float:  # type: ignore[no-untyped-def]
-    import pypdfium2.raw as pdfium_c
-
-    width, height = page.get_size()
-    area = max(width * height, 1.0)
-    covered = 0.0
-    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=4):
-        left, bottom, right, top = obj.get_bounds()
-        covered += max(0.0, right - left) * max(0.0, top - bottom)
-    return min(covered / area, 1.0)
+    try:
+        rebuilt = _rebuilt_with_pypdf(path, password)
+    except ParseError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            RecursionError, OSError, AssertionError) as exc:
+        raise ParseError("document_unreadable",
+                         f"the PDF is damaged and cannot be read ({type(exc).__name__})") from None
+    if rebuilt is None:
+        raise ParseError("document_unreadable", "the PDF is damaged: no page could be recovered")
+    try:
+        return pdfium.PdfDocument(rebuilt)
+    except pdfium.PdfiumError:
+        raise ParseError("document_unreadable", "the PDF is damaged and cannot be read") from None
 
 
 def render_page(page, storage: LocalStorage) -> ExtractedPage:  # type: ignore[no-untyped-def]
@@ -128,8 +131,6 @@ def render_size(page) -> tuple[int, int]:  # type: ignore[no-untyped-def]
 
 def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[ExtractedPage]:
     pdf = _open_pdf(path, options.password)
-    if pdf is None:
-        return _recover_with_pypdf(path, options)
     try:
         count = len(pdf)
         if count > options.max_pages:
@@ -145,7 +146,7 @@ def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[Ext
                 text = normalise_text(textpage.get_text_bounded())
                 textpage.close()
                 visible = sum(1 for ch in text if not ch.isspace())
-                if options.render_all or visible < MIN_TEXT_CHARS and _has_content(page, text):
+                if options.render_all or visible < MIN_TEXT_CHARS and _has_graphics(page):
                     extracted = render_page(page, storage)
                     extracted.text = text if options.render_all else ""
                 else:
@@ -160,35 +161,55 @@ def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[Ext
         pdf.close()
 
 
-def _has_content(page, text: str) -> bool:  # type: ignore[no-untyped-def]
-    if text:
-        return True
-    return any(True for _ in page.get_objects(max_depth=2))
+def _has_graphics(page) -> bool:  # type: ignore[no-untyped-def]
+    """Images, drawings or form fields: what a short text layer would leave out."""
+    import pypdfium2.raw as pdfium_c
+
+    kinds = [pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_PATH, pdfium_c.FPDF_PAGEOBJ_SHADING]
+    return any(True for _ in page.get_objects(filter=kinds, max_depth=4))
 
 
-def _recover_with_pypdf(path: str, options: PdfOptions) -> list[ExtractedPage]:
-    """PDFium refused the file; pypdf's lenient parser recovers the text of some damaged files."""
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+def _rebuilt_with_pypdf(path: str, password: str | None) -> bytes | None:
+    """PDFium refused the file: pypdf's lenient parser rebuilds what it can into a clean PDF.
 
+    When the page tree itself is gone, the surviving page objects are collected (the first page
+    of a linearized file first, then by object number).
+    """
+    from pypdf import PageObject, PdfReader, PdfWriter
+    from pypdf.generic import IndirectObject
+
+    reader = PdfReader(path, strict=False)
+    if reader.is_encrypted and not reader.decrypt(password or ""):
+        raise ParseError("pdf_password_incorrect" if password else "pdf_encrypted",
+                         "the PDF is encrypted and cannot be opened")
+    writer = PdfWriter()
     try:
-        reader = PdfReader(path, strict=False)
-        if reader.is_encrypted and not reader.decrypt(options.password or ""):
-            raise ParseError("pdf_encrypted", "the PDF is encrypted")
-        count = len(reader.pages)
-        if count > options.max_pages:
-            raise ParseError("document_too_large",
-                             f"the PDF has {count} pages; the limit is {options.max_pages}")
-        texts = [normalise_text(page.extract_text() or "") for page in reader.pages]
-    except ParseError:
-        raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            RecursionError, OSError, AssertionError) as exc:
-        raise ParseError("document_unreadable",
-                         f"the PDF is damaged and cannot be read ({type(exc).__name__})") from None
-    if not any(texts):
-        raise ParseError("document_unreadable", "the PDF is damaged and no text could be recovered")
-    return [ExtractedPage(kind="text" if t else "empty", text=t) for t in texts]
+        for page in reader.pages:
+            writer.add_page(page)
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        writer = PdfWriter()
+        numbers = sorted({n for gen in reader.xref.values() for n in gen} | set(reader.xref_objStm))
+        first = None
+        with contextlib.suppress(PyPdfError, ValueError, KeyError, TypeError, AttributeError,
+                                 IndexError):  # the linearization dictionary names page 1
+            first = int(reader.get_object(IndirectObject(numbers[0], 0, reader)).get("/O", -1))
+        found = []
+        for number in numbers:
+            try:
+                obj = reader.get_object(IndirectObject(number, 0, reader))
+            except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+                continue
+            if hasattr(obj, "get") and obj.get("/Type") == "/Page":
+                found.append((number != first, number, obj))
+        for _, number, obj in sorted(found, key=lambda item: item[:2]):
+            page = PageObject(pdf=reader, indirect_reference=IndirectObject(number, 0, reader))
+            page.update({k: v for k, v in obj.items() if k != "/Parent"})
+            writer.add_page(page)
+    if not writer.pages:
+        return None
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- images
@@ -255,6 +276,8 @@ def parse_document(
         pages = parse_pdf(path, storage, options)
     else:
         pages = parse_image(path, media_type, storage, options.max_pages)
+    if all(p.kind == "empty" for p in pages):
+        raise ParseError("document_empty", "the document has no text and nothing to see on any page")
     counts = count_texts([p.text for p in pages])
     for page, tokens in zip(pages, counts, strict=True):
         page.text_tokens = tokens if page.kind == "text" else 0
