@@ -51,7 +51,7 @@ class Settings(BaseSettings):
 
     # Parsing limits for the child process that opens untrusted files.
     parse_cpu_seconds: int = 60
-    parse_memory_bytes: int = 1536 * 1024 * 1024
+    parse_memory_bytes: int = 280 * 1024 * 1024  # private memory of one parsing process
     parse_wall_seconds: float = 120.0
 
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -15,9 +15,13 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from workers.parsing import ParseError
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+WATCH_INTERVAL_S = 0.01
 
 
 def _child(fn: Callable[[], Any], write_fd: int, cpu_s: int, memory: int) -> None:
@@ -47,23 +51,84 @@ def _child(fn: Callable[[], Any], write_fd: int, cpu_s: int, memory: int) -> Non
         os._exit(0)
 
 
-def run_isolated(fn: Callable[[], Any], *, cpu_s: int, memory_bytes: int, wall_s: float) -> Any:
+def _family(pid: int) -> list[int]:
+    """The process and its helpers (``fork_map``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            helpers = [int(p) for p in fh.read().split()]
+    except (OSError, ValueError):
+        helpers = []
+    return [pid, *(p for helper in helpers for p in _family(helper))]
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _private_bytes(pid: int) -> int:
+    """Memory the process owns alone: what parsing allocated, not the pages shared with the
+    worker it was forked from (those count in RSS but cost the machine nothing more)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+@dataclass
+class ChildUsage:
+    peak_private_bytes: int = 0  # the largest process of the parse, its own memory
+    peak_rss_bytes: int = 0  # the same, with the pages shared with the worker
+    cpu_s: float = 0.0
+
+
+def run_isolated(fn: Callable[[], Any], *, cpu_s: int, memory_bytes: int, wall_s: float,
+                 usage: ChildUsage | None = None) -> Any:
+    """Runs ``fn`` in a forked child and returns its JSON-able result.
+
+    Memory is held to ``memory_bytes`` of private memory per process, watched every few
+    milliseconds (the kernel does not enforce RLIMIT_RSS); an address-space limit is the hard
+    stop for allocations faster than the watch.
+    """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
-        _child(fn, write_fd, cpu_s, memory_bytes)
+        _child(fn, write_fd, cpu_s, _address_space_limit(memory_bytes))
     os.close(write_fd)
     chunks: list[bytes] = []
     deadline = time.monotonic() + wall_s
-    timed_out = False
+    killed_for: str | None = None
+    peak_private = peak_rss = 0
+    ticks = 0
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                timed_out = True
+                killed_for = "time"
                 break
-            ready, _, _ = select.select([read_fd], [], [], min(remaining, 1.0))
+            ticks += 1
+            for member in _family(pid):
+                rss = _rss_bytes(member)
+                peak_rss = max(peak_rss, rss)
+                # RSS bounds private memory from above; read the costlier figure only when it
+                # could matter, and now and then for the record.
+                if rss > memory_bytes or ticks % 10 == 0:
+                    private = _private_bytes(member)
+                    peak_private = max(peak_private, private)
+                    if private > memory_bytes:
+                        killed_for = "memory"
+            if killed_for:
+                break
+            ready, _, _ = select.select([read_fd], [], [], min(remaining, WATCH_INTERVAL_S))
             if ready:
                 chunk = os.read(read_fd, 1 << 20)
                 if not chunk:
@@ -71,19 +136,74 @@ def run_isolated(fn: Callable[[], Any], *, cpu_s: int, memory_bytes: int, wall_s
                 chunks.append(chunk)
     finally:
         os.close(read_fd)
-        if timed_out:
+        if killed_for:
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    if timed_out:
+        _, status, rusage = os.wait4(pid, 0)
+    if usage is not None:
+        usage.peak_private_bytes = peak_private
+        usage.peak_rss_bytes = max(peak_rss, rusage.ru_maxrss * 1024)
+        usage.cpu_s = rusage.ru_utime + rusage.ru_stime
+    if killed_for == "time":
         raise ParseError("document_unreadable", f"parsing took longer than {wall_s:.0f} s")
+    if killed_for == "memory":
+        raise ParseError("document_unreadable",
+                         f"parsing needed more than {memory_bytes >> 20} MB of memory")
     if not chunks:
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
             raise ParseError("document_unreadable",
                              f"parsing exceeded the CPU limit of {cpu_s} s")
         raise ParseError("document_unreadable",
                          "the parser crashed on this file (exit status "
-                         f"{os.waitstatus_to_exitcode(status)})")
+                         f"{os.waitstatus_to_exitcode(status)}), most likely at its memory limit")
     result = json.loads(b"".join(chunks))
     if not result["ok"]:
         raise ParseError(result["code"], result["message"])
     return result["value"]
+
+
+def _address_space_limit(memory_bytes: int) -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        current = 0
+    return current + 3 * memory_bytes
+
+
+def fork_map(tasks: list[Callable[[], Any]]) -> Callable[[], list[Any]]:
+    """Starts each task in a forked child now; the returned function collects their results.
+
+    The caller does its own share of the work in between. A child that dies without an answer
+    fails the whole parse.
+    """
+    children = []
+    for task in tasks:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read_fd)
+            faulthandler.disable()
+            try:
+                data = json.dumps(task()).encode()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_fd, view):]
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+
+    def collect() -> list[Any]:
+        results = []
+        for pid, read_fd in children:
+            chunks = []
+            while chunk := os.read(read_fd, 1 << 20):
+                chunks.append(chunk)
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+            if not chunks:
+                raise ParseError("document_unreadable", "a parser process died on this file")
+            results.append(json.loads(b"".join(chunks)))
+        return results
+
+    return collect
