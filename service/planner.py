@@ -271,15 +271,16 @@ def split_in_two(parts: Sequence[Part], load_text: Callable[[int, int], str]) ->
                             f"document {part.document} page {part.page}: one image cannot be split")
     text = load_text(part.document, part.page)
     start, end = part.span or (0, len(text))
-    halves = split_text_page(part.document, part.page, text[start:end],
-                             max(1, part.tokens // 2 + 64))
+    text_tokens = part.tokens - header_tokens(part.document, part.page, part.part)
+    half = header_tokens(part.document, part.page, 999) + -(-text_tokens // 2) + 4
+    halves = split_text_page(part.document, part.page, text[start:end], half)
     if len(halves) < 2:
         raise PlanningError("page_too_large",
                             f"document {part.document} page {part.page} cannot be split further")
-    base = (part.part or 1) * 100
     out = []
-    for i, half in enumerate(halves, start=1):
-        span = (start + half.span[0], start + half.span[1]) if half.span else (start, end)
-        tokens = _span_tokens(part.document, part.page, base + i, text, span)
-        out.append([Part(part.document, part.page, tokens, "text", span, base + i)])
+    for i, piece in enumerate(halves, start=1):
+        number = (part.part or 1) * 10 + i  # one more digit per split: still a unique label
+        span = (start + piece.span[0], start + piece.span[1]) if piece.span else (start, end)
+        tokens = _span_tokens(part.document, part.page, number, text, span)
+        out.append([Part(part.document, part.page, tokens, "text", span, number)])
     return out

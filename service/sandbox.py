@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from service.profiles import ModelProfile, get_profile
 from service.prompt import count_request
 from service.sandbox_answers import build_answer
+from service.settings import get_settings
 from service.tokens import count_text, get_encoding
 
 REFUSE_MARKER = "SANDBOX_REFUSE"
@@ -39,7 +40,7 @@ class SandboxConfig:
     slow_rate: float = 0.0
     slow_s: float = 0.0
     drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
-    truncate_rate: float = 0.0  # share of answers cut off with finish_reason "length"
+    truncate_rate: float = 0.0  # share of requests whose answer is cut off ("length"), by content
     seed: int = 0
 
 
@@ -82,7 +83,10 @@ class Sandbox:
     def configure(self, config: SandboxConfig) -> None:
         with self.lock:
             self.config = config
-            self.profile: ModelProfile = get_profile(config.profile)
+            # The deployment's profile file applies here too: the sandbox impersonates the
+            # model the service is configured for.
+            self.profile: ModelProfile = get_profile(
+                config.profile, get_settings().model_profiles_file or None)
             self.rng = random.Random(config.seed)
             now = time.monotonic()
             self.rpm = Bucket(config.rpm, config.rpm, now) if config.rpm else None
@@ -160,6 +164,11 @@ def _requested_schema(body: dict[str, Any]) -> tuple[dict[str, Any] | None, dict
     for tool in body.get("tools") or []:
         return tool["function"].get("parameters", {}), tool["function"]
     return None, None
+
+
+def _content_draw(text: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _truncate(text: str, tokens: int) -> str:
@@ -266,7 +275,8 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             answer_text = (text.strip().splitlines() or ["(empty)"])[0][:200]
         completion_tokens = count_text(answer_text)
         finish = "stop"
-        truncated = cfg.truncate_rate and sandbox.draw() < cfg.truncate_rate
+        # Like a real model's answer length, truncation depends on the request, not on timing.
+        truncated = cfg.truncate_rate and _content_draw(text, cfg.seed) < cfg.truncate_rate
         if max_tokens is not None and completion_tokens > max_tokens or truncated:
             cut = min(max_tokens or completion_tokens, max(1, completion_tokens // 2))
             answer_text, completion_tokens, finish = _truncate(answer_text, cut), cut, "length"

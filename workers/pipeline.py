@@ -48,7 +48,7 @@ from service.settings import Settings
 from service.storage import LocalStorage
 from service.webhooks import WebhookSender, event_body, signed_headers
 from workers.isolation import run_isolated
-from workers.merge import merge_answers
+from workers.merge import apply_choices, merge_answers
 from workers.model import CallResult, ModelCallFailed, ModelClient, RequestTooLarge
 from workers.parsing import ParseError, PdfOptions, parse_document
 
@@ -277,7 +277,7 @@ def _answer_json(call: CallResult) -> Any:
     return json.loads(raw)
 
 
-def _record_call(session: Session, job: Job, chunk_id: str, call: CallResult | None,
+def _record_call(session: Session, job: Job, chunk_id: str | None, call: CallResult | None,
                  predicted: int, profile: ModelProfile, error: str | None = None) -> None:
     if call is None:
         return
@@ -415,25 +415,78 @@ def extract_chunk(chunk_id: str, settings: Settings, storage: LocalStorage,
 # ---------------------------------------------------------------- finalize
 
 
+RESOLVE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["choices"],
+    "properties": {"choices": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["path", "index"],
+        "properties": {"path": {"type": "string"}, "index": {"type": "integer"}}}}},
+}
+
+
+def resolve_conflicts(job: Job, conflicts: list, settings: Settings, profile: ModelProfile,  # type: ignore[type-arg]
+                      client: ModelClient) -> tuple[dict[str, Any], CallResult]:
+    """``merge: "model"``: one small call picks a value for each conflicting field."""
+    listing = "\n\n".join(
+        f"path: {c.path}\n" + "\n".join(f"index {i}: {json.dumps(v, ensure_ascii=False)}"
+                                         for i, v in enumerate(c.values))
+        for c in conflicts)
+    body = {
+        "model": settings.resolved_model_id,
+        "messages": [
+            {"role": "system", "content": "Parts of a long document gave different values for "
+             "the same field. For each field, choose the index of the value that best answers it "
+             "for the whole document." + (f"\n\nInstructions:\n{job.instructions}"
+                                          if job.instructions else "")},
+            {"role": "user", "content": listing}],
+        **format_fields(RESOLVE_SCHEMA, "json_schema"),
+        "max_completion_tokens": min(4096, profile.max_output_tokens), "temperature": 0,
+    }
+    call = client.complete(body)
+    chosen: dict[str, Any] = {}
+    by_path = {c.path: c for c in conflicts}
+    for choice in json.loads(call.content or "{}").get("choices", []):
+        conflict = by_path.get(choice.get("path"))
+        if conflict is not None and 0 <= choice.get("index", -1) < len(conflict.values):
+            chosen[conflict.path] = conflict.values[choice["index"]]
+    return chosen, call
+
+
 def finalize_job(job_id: str, settings: Settings, profile: ModelProfile,
                  client: ModelClient) -> Outbox:
     outbox: Outbox = []
     with session_scope() as session:
-        job = _lock_job(session, job_id)
-        if job.status != "running":
+        job = session.get(Job, job_id)
+        if job is None or job.status != "running":
             return []
         chunks = session.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.status == "done")
                                  .order_by(Chunk.ordinal)).all()
         answers = [c.result["answer"] for c in chunks if c.result]
-        outcome = merge_answers(answers, job.schema)
-        data = drop_optional_nulls(outcome.data, job.schema)
-        errors = validation_errors(data, job.schema)
+    outcome = merge_answers(answers, job.schema)
+    call: CallResult | None = None
+    resolved: dict[str, Any] = {}
+    if (job.options or {}).get("merge") == "model" and outcome.conflicts:
+        try:
+            resolved, call = resolve_conflicts(job, outcome.conflicts, settings, profile, client)
+        except (ModelCallFailed, ValueError) as exc:
+            log.warning("job.merge.model_failed", job_id=job_id, error=str(exc))
+    data = drop_optional_nulls(apply_choices(outcome.data, resolved), job.schema)
+    errors = validation_errors(data, job.schema)
+    with session_scope() as session:
+        job = _lock_job(session, job_id)
+        if job.status != "running" or session.get(Result, job_id) is not None:
+            return []
+        _record_call(session, job, None, call, 0, profile)
         if errors:
             fail_job(session, job, "model_output_invalid",
                      "the answer does not match the schema: " + "; ".join(errors), outbox)
             return outbox
-        session.add(Result(job_id=job.id, data=data,
-                           warnings=[c.as_json() for c in outcome.conflicts]))
+        warnings = []
+        for conflict in outcome.conflicts:
+            entry = conflict.as_json()
+            if conflict.path in resolved:
+                entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
+            warnings.append(entry)
+        session.add(Result(job_id=job.id, data=data, warnings=warnings))
         _finish_job(session, job, "succeeded", outbox)
         log.info("job.succeeded", job_id=job.id, calls=len(chunks), cost_usd=job.cost_usd)
     return outbox

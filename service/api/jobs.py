@@ -21,7 +21,7 @@ from service.jobs import (
     planning_error,
     reserved_output,
 )
-from service.models import Job, Result, WebhookAttempt, WebhookDelivery, utcnow
+from service.models import Job, ModelCall, Result, WebhookAttempt, WebhookDelivery, utcnow
 from service.planner import PlanningError
 from service.webhooks import WebhookTargetRefused, check_target
 
@@ -111,6 +111,19 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobOu
     session.commit()
     session.refresh(job)
     return job_out(job, job_document_ids(session, job.id))
+
+
+@router.get("/{job_id}/calls")
+def list_calls(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict:  # type: ignore[type-arg]
+    """Every model call of the job: predicted against reported prompt tokens, usage, cost."""
+    job = _owned_job(session, tenant, job_id)
+    calls = session.scalars(select(ModelCall).where(ModelCall.job_id == job.id).order_by(ModelCall.id))
+    return {"calls": [{
+        "chunk_id": c.chunk_id, "model": c.model, "finish_reason": c.finish_reason,
+        "predicted_prompt_tokens": c.predicted_prompt_tokens, "prompt_tokens": c.prompt_tokens,
+        "cached_tokens": c.cached_tokens, "completion_tokens": c.completion_tokens,
+        "cost_usd": round(c.cost_usd, 8), "gateway_cost_usd": c.gateway_cost_usd,
+        "latency_ms": c.latency_ms, "at": c.created_at.isoformat()} for c in calls]}
 
 
 @router.get("/{job_id}/webhooks")
