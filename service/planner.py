@@ -98,21 +98,23 @@ def call_budget(
 ) -> int:
     """Tokens left for pages in one call.
 
-    The window holds prompt and output together, and a request whose prompt plus
-    ``max_tokens`` exceeds the account's tokens-per-minute limit is refused outright, so the
-    smallest of the three caps the call.
+    The window holds prompt and output together (as does a job's ``max_tokens_per_call``);
+    a request is charged against tokens-per-minute as the larger of its prompt and its
+    ``max_tokens`` (OpenAI's rate-limit guide), and one charged above the TPM limit is refused
+    outright: an account whose TPM is below the window cannot send a window-sized call.
     """
-    caps = [profile.context_window]
+    caps = [profile.context_window - reserved_output]
     if tpm_limit:
         caps.append(tpm_limit)
     if max_tokens_per_call:
-        caps.append(max_tokens_per_call)
-    budget = min(caps) - reserved_output - overhead - safety_margin
-    if budget <= 0:
+        caps.append(max_tokens_per_call - reserved_output)
+    budget = min(caps) - overhead - safety_margin
+    if budget <= 0 or (tpm_limit and reserved_output > tpm_limit):
         raise PlanningError(
             "budget_too_small",
-            f"no room for pages: a call may carry {min(caps)} tokens, of which {reserved_output} "
-            f"are reserved for the answer and {overhead + safety_margin} for the prompt",
+            f"no room for pages: a call's prompt may carry {min(caps)} tokens, "
+            f"{overhead + safety_margin} of which go to instructions, schema and margin "
+            f"({reserved_output} more are reserved for the answer)",
         )
     return budget
 

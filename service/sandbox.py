@@ -225,7 +225,8 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
                 f"messages, {max_tokens or 0} in the completion). Please reduce the length of the "
                 "messages or completion.",
                 "invalid_request_error", "context_length_exceeded", "messages")
-        charge = prompt_tokens + (max_tokens or 0)
+        # OpenAI charges a request against TPM as the larger of its prompt and max_tokens.
+        charge = max(prompt_tokens, max_tokens or 0)
         if cfg.tpm and charge > cfg.tpm:
             stats.rate_limited += 1
             return _error(

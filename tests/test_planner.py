@@ -37,9 +37,10 @@ def text_pages(n: int, tokens: int) -> list[PageInfo]:
 def test_budget_is_the_smallest_cap_less_output_overhead_and_margin() -> None:
     assert call_budget(NANO, overhead=500, reserved_output=32768, safety_margin=2048) == \
         1_047_576 - 32768 - 500 - 2048
-    # An account whose TPM limit is below the window cannot send a window-sized request.
+    # An account whose TPM limit is below the window cannot send a window-sized request:
+    # a request is charged max(prompt, max_tokens) against it.
     assert call_budget(NANO, overhead=500, reserved_output=32768, safety_margin=2048,
-                       tpm_limit=200_000) == 200_000 - 32768 - 500 - 2048
+                       tpm_limit=200_000) == 200_000 - 500 - 2048
     assert call_budget(NANO, overhead=500, reserved_output=1000, safety_margin=0,
                        tpm_limit=200_000, max_tokens_per_call=50_000) == 50_000 - 1500
     with pytest.raises(PlanningError):
