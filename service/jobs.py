@@ -36,6 +36,17 @@ def reserved_output(settings: Settings, profile: ModelProfile, options: dict[str
     return min(wanted or profile.max_output_tokens, profile.max_output_tokens)
 
 
+def output_tokens_for_call(settings: Settings, profile: ModelProfile, options: dict[str, Any],
+                           prompt_tokens: int) -> int:
+    """``max_tokens`` of one call. The plan reserves the model's whole output in the window, but
+    each call asks only for what its answer plausibly needs: a request is charged against the
+    tokens-per-minute budget for its ``max_tokens``. An answer cut off is split and retried."""
+    wanted = options.get("max_output_tokens") or settings.reserved_output_tokens
+    if wanted:
+        return min(wanted, profile.max_output_tokens)
+    return min(profile.max_output_tokens, max(2048, prompt_tokens // 4))
+
+
 class TextLoader:
     """Page text by (document position, page), reading each document's pages once."""
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.profiles import ModelProfile, get_profile
 from service.prompt import count_request
@@ -42,6 +42,8 @@ class SandboxConfig:
     drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
     truncate_rate: float = 0.0  # share of requests whose answer is cut off ("length"), by content
     seed: int = 0
+    api_key: str = ""  # when set, other Bearer keys get the real 401
+    gateway_cost: bool = False  # add Opper's X-Opper-Cost header (the profile's price of the call)
 
 
 @dataclass
@@ -92,10 +94,18 @@ class Sandbox:
             self.rpm = Bucket(config.rpm, config.rpm, now) if config.rpm else None
             self.tpm = Bucket(config.tpm, config.tpm, now) if config.tpm else None
             self.stats = SandboxStats()
+            self.attempts: dict[tuple[str, str], int] = {}
 
     def draw(self) -> float:
         with self.lock:
             return self.rng.random()
+
+    def attempt_draw(self, body_key: str, fault: str) -> float:
+        """The same request's n-th attempt always draws the same number, whatever the timing of
+        other requests: faults are deterministic for a test, yet a retry can succeed."""
+        with self.lock:
+            n = self.attempts[(body_key, fault)] = self.attempts.get((body_key, fault), 0) + 1
+        return _content_draw(f"{fault}:{n}:{body_key}", self.config.seed)
 
     def admit(self, charge: int) -> tuple[bool, float, dict[str, str]]:
         """Charges the rate buckets; returns (admitted, seconds to wait, headers)."""
@@ -166,6 +176,13 @@ def _requested_schema(body: dict[str, Any]) -> tuple[dict[str, Any] | None, dict
     return None, None
 
 
+async def _dropped_body():  # type: ignore[no-untyped-def]
+    """Starts an answer and breaks the connection in the middle of it."""
+    yield b'{"id": "chatcmpl-sandbox", "object": "chat.compl'
+    await asyncio.sleep(0.01)
+    raise ConnectionAbortedError("sandbox: connection dropped (fault injection)")
+
+
 def _content_draw(text: str, seed: int) -> float:
     digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -200,10 +217,18 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
     def stats() -> dict[str, Any]:
         return asdict(sandbox.stats)
 
+    def profile_cost(prompt: int, cached: int, completion: int) -> float:
+        return sandbox.profile.cost_usd(prompt, cached, completion)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         stats = sandbox.stats
         stats.requests += 1
+        expected = sandbox.config.api_key
+        if expected and request.headers.get("authorization") != f"Bearer {expected}":
+            return _error(401, "Incorrect API key provided. You can find your API key at "
+                          "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+                          "invalid_api_key")
         try:
             body = await request.json()
         except json.JSONDecodeError:
@@ -254,13 +279,14 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
     async def _answer(body: dict[str, Any], prompt_tokens: int, max_tokens: int | None,
                       headers: dict[str, str]) -> Any:
         cfg, stats = sandbox.config, sandbox.stats
-        if cfg.drop_rate and sandbox.draw() < cfg.drop_rate:
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if cfg.drop_rate and sandbox.attempt_draw(key, "drop") < cfg.drop_rate:
             stats.dropped += 1
-            raise ConnectionAbortedError("sandbox: dropped connection (fault injection)")
-        if cfg.error_rate and sandbox.draw() < cfg.error_rate:
+            return StreamingResponse(_dropped_body(), media_type="application/json")
+        if cfg.error_rate and (draw := sandbox.attempt_draw(key, "error")) < cfg.error_rate:
             stats.errors += 1
             await asyncio.sleep(cfg.ttft_s)
-            status = 503 if sandbox.draw() < 0.5 else 500
+            status = 503 if draw < cfg.error_rate / 2 else 500
             return _error(status, "The server had an error while processing your request.",
                           "server_error", None)
         schema, function = _requested_schema(body)
@@ -282,7 +308,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             cut = min(max_tokens or completion_tokens, max(1, completion_tokens // 2))
             answer_text, completion_tokens, finish = _truncate(answer_text, cut), cut, "length"
         delay = cfg.ttft_s + (completion_tokens / cfg.output_tps if cfg.output_tps else 0.0)
-        if cfg.slow_rate and sandbox.draw() < cfg.slow_rate:
+        if cfg.slow_rate and sandbox.attempt_draw(key, "slow") < cfg.slow_rate:
             delay += cfg.slow_s
         if delay:
             await asyncio.sleep(delay)
@@ -296,6 +322,9 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
                 "type": "function",
                 "function": {"name": function["name"], "arguments": answer_text}}]}
             finish = "tool_calls" if finish == "stop" else finish
+        if cfg.gateway_cost:
+            cost = profile_cost(prompt_tokens, cached, completion_tokens)
+            headers = {**headers, "X-Opper-Cost": f"{cost:.10f}"}
         stats.completed += 1
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens

@@ -81,7 +81,7 @@ class Stack:
     tmp: Path
     database: str = "sqlite"
     env_extra: dict[str, str] = field(default_factory=dict)
-    model_concurrency: int = 16
+    model_concurrency: int = 64
     sandbox_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
 

@@ -16,7 +16,9 @@ import openai
 from openai import OpenAI
 
 from service.logs import log
+from service.profiles import ModelProfile
 from service.settings import Settings
+from workers.ratelimit import Limits, RateLimiter
 
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 
@@ -75,9 +77,17 @@ def _is_too_large(exc: openai.APIStatusError) -> bool:
         exc.status_code == 429 and "Request too large" in message)
 
 
+def account_limits(settings: Settings, profile: ModelProfile) -> Limits:
+    """Explicit settings win; otherwise the profile's tier preset; otherwise no limiter."""
+    tier = profile.tiers.get(settings.rate_limit_tier) if settings.rate_limit_tier else None
+    return Limits(rpm=settings.rate_limit_rpm or (tier.rpm if tier else 0),
+                  tpm=settings.rate_limit_tpm or (tier.tpm if tier else 0))
+
+
 class ModelClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: RateLimiter | None = None) -> None:
         self.settings = settings
+        self.limiter = limiter
         self.client = OpenAI(
             base_url=settings.resolved_base_url,
             api_key=settings.resolved_api_key or "sandbox",
@@ -89,16 +99,29 @@ class ModelClient:
                 timeout=settings.model_timeout_s),
         )
 
-    def complete(self, body: dict[str, Any], *, on_wait=None) -> CallResult:  # type: ignore[no-untyped-def]
+    def complete(self, body: dict[str, Any], *, prompt_tokens: int = 0) -> CallResult:
+        """One call, retried until it succeeds, fails for good, or runs out of attempts or time.
+
+        ``prompt_tokens`` is our exact count: with ``max_tokens`` it is what the call is charged
+        against the shared tokens-per-minute budget.
+        """
         started = time.monotonic()
         deadline = started + self.settings.model_max_retry_s
+        charge = max(prompt_tokens, int(body.get("max_completion_tokens") or 0))
         attempt = 0
         while True:
             attempt += 1
             headers = None
+            if self.limiter is not None:
+                waited = self.limiter.acquire(charge)
+                if waited > 0.05:
+                    log.info("model.call.throttled", waited_s=round(waited, 3), charge=charge)
             try:
                 raw = self.client.chat.completions.with_raw_response.create(**body)
-                return self._result(raw, started, attempt)
+                result = self._result(raw, started, attempt)
+                if self.limiter is not None:
+                    self.limiter.observe(result.headers)
+                return result
             except openai.APIStatusError as exc:
                 if _is_too_large(exc):
                     raise RequestTooLarge("request_too_large", exc.message) from None
@@ -113,13 +136,14 @@ class ModelClient:
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 reason = type(exc).__name__
             delay = _retry_delay(headers, attempt)
+            if self.limiter is not None and reason == "429":
+                # Every worker holds back, not only this one.
+                self.limiter.observe(dict(headers or {}), retry_after_s=delay)
             if attempt >= self.settings.model_max_attempts or time.monotonic() + delay > deadline:
                 raise ModelCallFailed("model_unavailable",
                                       f"the model did not answer after {attempt} attempts "
                                       f"(last: {reason})")
             log.info("model.call.retry", attempt=attempt, reason=reason, delay_s=round(delay, 3))
-            if on_wait is not None:
-                on_wait(reason, headers)
             time.sleep(delay)
 
     def _result(self, raw: Any, started: float, attempts: int) -> CallResult:

@@ -23,6 +23,7 @@ from service.jobs import (
     job_documents,
     job_out,
     make_plan,
+    output_tokens_for_call,
     plan_view,
     reserved_output,
 )
@@ -237,7 +238,7 @@ def _data_url(storage: LocalStorage, key: str, media_type: str | None) -> str:
 
 
 def build_request(job: Job, parts: list[Part], docs: list[Document], storage: LocalStorage,
-                  settings: Settings, profile: ModelProfile) -> dict[str, Any]:
+                  settings: Settings, profile: ModelProfile, prompt_tokens: int) -> dict[str, Any]:
     options = job.options or {}
     loader = TextLoader(storage, docs)
     detail = options.get("image_detail", "auto")
@@ -265,7 +266,7 @@ def build_request(job: Job, parts: list[Part], docs: list[Document], storage: Lo
         "messages": [{"role": "system", "content": system_text(job.instructions)},
                      {"role": "user", "content": content}],
         **format_fields(strict, mode),
-        "max_completion_tokens": reserved_output(settings, profile, options),
+        "max_completion_tokens": output_tokens_for_call(settings, profile, options, prompt_tokens),
         "temperature": 0,
     }
 
@@ -367,8 +368,8 @@ def extract_chunk(chunk_id: str, settings: Settings, storage: LocalStorage,
     failure: ModelCallFailed | None = None
     too_large = False
     try:
-        body = build_request(job, parts, docs, storage, settings, profile)
-        call = client.complete(body)
+        body = build_request(job, parts, docs, storage, settings, profile, chunk.predicted_tokens)
+        call = client.complete(body, prompt_tokens=chunk.predicted_tokens)
     except RequestTooLarge:
         too_large = True
     except ModelCallFailed as exc:
@@ -441,7 +442,9 @@ def resolve_conflicts(job: Job, conflicts: list, settings: Settings, profile: Mo
         **format_fields(RESOLVE_SCHEMA, "json_schema"),
         "max_completion_tokens": min(4096, profile.max_output_tokens), "temperature": 0,
     }
-    call = client.complete(body)
+    from service.prompt import count_request
+
+    call = client.complete(body, prompt_tokens=count_request(body, profile))
     chosen: dict[str, Any] = {}
     by_path = {c.path: c for c in conflicts}
     for choice in json.loads(call.content or "{}").get("choices", []):

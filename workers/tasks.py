@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import redis
 from celery import shared_task
 
 from service.profiles import ModelProfile, get_profile
@@ -12,7 +13,8 @@ from service.settings import get_settings
 from service.storage import LocalStorage, get_storage
 from service.webhooks import WebhookSender
 from workers import pipeline
-from workers.model import ModelClient
+from workers.model import ModelClient, account_limits
+from workers.ratelimit import RateLimiter
 
 
 @lru_cache
@@ -28,7 +30,13 @@ def _profile() -> ModelProfile:
 
 @lru_cache
 def _client() -> ModelClient:
-    return ModelClient(get_settings())
+    settings = get_settings()
+    limits = account_limits(settings, _profile())
+    limiter = None
+    if limits.enabled:
+        key = f"longdoc:ratelimit:{settings.resolved_base_url}:{settings.resolved_model_id}"
+        limiter = RateLimiter(redis.Redis.from_url(settings.redis_url), key, limits)
+    return ModelClient(settings, limiter)
 
 
 @lru_cache
