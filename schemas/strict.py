@@ -10,6 +10,8 @@ everywhere; at most 5000 properties, 10 levels of nesting and 1000 enum values; 
 from __future__ import annotations
 
 import copy
+import json
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -30,7 +32,16 @@ class InvalidSchema(ValueError):
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Validates a user's schema and returns its strict form, or raises InvalidSchema."""
+    """Validates a user's schema and returns its strict form, or raises InvalidSchema.
+
+    Every stage of a job needs the strict form; it is computed once per schema and process.
+    """
+    return copy.deepcopy(_checked(json.dumps(schema, sort_keys=True)))
+
+
+@lru_cache(maxsize=256)
+def _checked(schema_json: str) -> dict[str, Any]:
+    schema = json.loads(schema_json)
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -178,8 +189,14 @@ def accepts_null(node: Any, root: dict[str, Any]) -> bool:
     return any(accepts_null(b, root) for b in node.get("anyOf", []) + node.get("oneOf", []))
 
 
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json),
+                                           format_checker=jsonschema.FormatChecker())
+
+
 def validation_errors(data: Any, schema: dict[str, Any], limit: int = 5) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    validator = _validator(json.dumps(schema, sort_keys=True))
     errors = []
     for err in validator.iter_errors(data):
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from schemas.api import ErrorDetail, JobCreate, JobOut, Plan, PlanChunk, Progress, Usage
 from schemas.strict import InvalidSchema, check_schema
 from service.errors import ApiError
-from service.models import Document, Job, JobDocument, new_id
+from service.models import Chunk, Document, Job, JobDocument, new_id, utcnow
 from service.pages import info_from_row, load_pages
 from service.planner import Plan as ChunkPlan
 from service.planner import PlanningError, call_budget, plan_chunks
@@ -89,6 +89,21 @@ def make_plan(job: Job, documents: Sequence[Document], profile: ModelProfile,
         budget=budget, detail=options.get("image_detail", "auto"),
         load_text=TextLoader(storage, documents),
     )
+
+
+def start_job(session: Session, job: Job, plan: ChunkPlan, document_ids: Sequence[str]) -> list[str]:
+    """Marks the job running with one chunk row per planned call; returns the chunk ids to send
+    (after the commit)."""
+    job.status, job.started_at = "running", utcnow()
+    job.plan = plan_view(plan, document_ids)
+    job.chunks_total, job.chunks_done = len(plan.chunks), 0
+    ids = []
+    for i, chunk in enumerate(plan.chunks):
+        row = Chunk(id=new_id("chk"), job_id=job.id, ordinal=f"{i:05d}",
+                    parts=[p.as_json() for p in chunk.parts], predicted_tokens=chunk.prompt_tokens)
+        session.add(row)
+        ids.append(row.id)
+    return ids
 
 
 def plan_view(plan: ChunkPlan, document_ids: Sequence[str]) -> dict[str, Any]:

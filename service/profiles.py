@@ -34,7 +34,7 @@ class ModelProfile:
     image_low_tokens: int = 85
     message_overhead: int = 3
     reply_overhead: int = 3
-    tiers: dict[str, RateTier] = field(default_factory=dict)
+    tiers: dict[str, RateTier] = field(default_factory=dict, hash=False, compare=False)
 
     def image_tokens(self, width: int, height: int, detail: str = "auto") -> int:
         if detail == "low":

@@ -14,6 +14,7 @@ import base64
 import io
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from service.profiles import ModelProfile
@@ -124,6 +125,12 @@ def fixed_overhead(
     profile: ModelProfile, instructions: str | None, strict_schema: dict[str, Any], mode: str
 ) -> int:
     """Tokens of a request with an empty document message: what every call pays besides pages."""
+    return _fixed_overhead(profile, instructions, json.dumps(strict_schema), mode)
+
+
+@lru_cache(maxsize=1024)
+def _fixed_overhead(profile: ModelProfile, instructions: str | None, schema_json: str, mode: str) -> int:
     body = {"messages": [{"role": "system", "content": system_text(instructions)},
-                         {"role": "user", "content": []}], **format_fields(strict_schema, mode)}
+                         {"role": "user", "content": []}],
+            **format_fields(json.loads(schema_json), mode)}
     return count_request(body, profile)

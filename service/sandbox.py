@@ -74,6 +74,8 @@ class SandboxStats:
     completion_tokens: int = 0
     # (unix time, prompt + completion tokens) of each completed call: tokens per minute plots
     completions: list[tuple[float, int]] = field(default_factory=list)
+    # (unix time, calls in flight) at every change
+    in_flight_series: list[tuple[float, int]] = field(default_factory=list)
 
 
 class Sandbox:
@@ -271,10 +273,12 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
                 f"{wait:.3f}s.", kind, "rate_limit_exceeded", headers=headers)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        stats.in_flight_series.append((time.time(), stats.in_flight))
         try:
             return await _answer(body, prompt_tokens, max_tokens, headers)
         finally:
             stats.in_flight -= 1
+            stats.in_flight_series.append((time.time(), stats.in_flight))
 
     async def _answer(body: dict[str, Any], prompt_tokens: int, max_tokens: int | None,
                       headers: dict[str, str]) -> Any:

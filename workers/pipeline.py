@@ -19,13 +19,15 @@ from schemas.strict import check_schema, drop_optional_nulls, validation_errors
 from service.db import session_scope
 from service.jobs import (
     TextLoader,
+    estimate_cost,
+    expected_output_tokens,
     job_document_ids,
     job_documents,
     job_out,
     make_plan,
     output_tokens_for_call,
-    plan_view,
     reserved_output,
+    start_job,
 )
 from service.logs import log
 from service.models import (
@@ -49,7 +51,7 @@ from service.settings import Settings
 from service.storage import LocalStorage
 from service.webhooks import WebhookSender, event_body, signed_headers
 from workers.isolation import run_isolated
-from workers.merge import apply_choices, merge_answers
+from workers.merge import MergeOutcome, apply_choices, merge_answers
 from workers.model import CallResult, ModelCallFailed, ModelClient, RequestTooLarge
 from workers.parsing import ParseError, PdfOptions, parse_document
 
@@ -205,8 +207,6 @@ def plan_job(job_id: str, settings: Settings, storage: LocalStorage,
             return []
         max_cost = (job.options or {}).get("max_cost_usd")
         if max_cost is not None:
-            from service.jobs import estimate_cost, expected_output_tokens
-
             reserved = reserved_output(settings, profile, job.options)
             estimate = estimate_cost(plan, profile, expected_output_tokens(
                 check_schema(job.schema), reserved))
@@ -215,16 +215,8 @@ def plan_job(job_id: str, settings: Settings, storage: LocalStorage,
                          f"estimated cost ${estimate:.6f} is above max_cost_usd ${max_cost:.6f}",
                          outbox)
                 return outbox
-        job.status, job.started_at = "running", utcnow()
-        job.plan = plan_view(plan, [d.id for d in docs])
-        job.chunks_total, job.chunks_done = len(plan.chunks), 0
-        for i, chunk in enumerate(plan.chunks):
-            row = Chunk(id=new_id("chk"), job_id=job.id, ordinal=f"{i:05d}",
-                        parts=[p.as_json() for p in chunk.parts],
-                        predicted_tokens=chunk.prompt_tokens)
-            session.add(row)
-            outbox.append(("longdoc.extract_chunk", row.id))
-        log.info("job.planned", job_id=job.id, calls=len(plan.chunks), budget=plan.budget)
+        chunk_ids = start_job(session, job, plan, [d.id for d in docs])
+        outbox.extend(("longdoc.extract_chunk", chunk_id) for chunk_id in chunk_ids)
     return outbox
 
 
@@ -409,7 +401,12 @@ def extract_chunk(chunk_id: str, settings: Settings, storage: LocalStorage,
         session.flush()
         if _refresh_progress(session, job) == 0 and not job.finalizing:
             job.finalizing = True
-            outbox.append(("longdoc.finalize_job", job.id))
+            if job.chunks_total == 1 and (job.options or {}).get("merge") != "model":
+                # The common case, one call: nothing to merge, so the job ends in this
+                # transaction instead of in a task of its own.
+                _store_result(session, job, merge_answers([answer], job.schema), {}, outbox)
+            else:
+                outbox.append(("longdoc.finalize_job", job.id))
     return outbox
 
 
@@ -472,27 +469,33 @@ def finalize_job(job_id: str, settings: Settings, profile: ModelProfile,
             resolved, call = resolve_conflicts(job, outcome.conflicts, settings, profile, client)
         except (ModelCallFailed, ValueError) as exc:
             log.warning("job.merge.model_failed", job_id=job_id, error=str(exc))
-    data = drop_optional_nulls(apply_choices(outcome.data, resolved), job.schema)
-    errors = validation_errors(data, job.schema)
     with session_scope() as session:
         job = _lock_job(session, job_id)
         if job.status != "running" or session.get(Result, job_id) is not None:
             return []
         _record_call(session, job, None, call, 0, profile)
-        if errors:
-            fail_job(session, job, "model_output_invalid",
-                     "the answer does not match the schema: " + "; ".join(errors), outbox)
-            return outbox
-        warnings = []
-        for conflict in outcome.conflicts:
-            entry = conflict.as_json()
-            if conflict.path in resolved:
-                entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
-            warnings.append(entry)
-        session.add(Result(job_id=job.id, data=data, warnings=warnings))
-        _finish_job(session, job, "succeeded", outbox)
-        log.info("job.succeeded", job_id=job.id, calls=len(chunks), cost_usd=job.cost_usd)
+        _store_result(session, job, outcome, resolved, outbox)
     return outbox
+
+
+def _store_result(session: Session, job: Job, outcome: MergeOutcome, resolved: dict[str, Any],
+                  outbox: Outbox) -> None:
+    """Validates the merged answer against the user's own schema and ends the job."""
+    data = drop_optional_nulls(apply_choices(outcome.data, resolved), job.schema)
+    errors = validation_errors(data, job.schema)
+    if errors:
+        fail_job(session, job, "model_output_invalid",
+                 "the answer does not match the schema: " + "; ".join(errors), outbox)
+        return
+    warnings = []
+    for conflict in outcome.conflicts:
+        entry = conflict.as_json()
+        if conflict.path in resolved:
+            entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
+        warnings.append(entry)
+    session.add(Result(job_id=job.id, data=data, warnings=warnings))
+    _finish_job(session, job, "succeeded", outbox)
+    log.info("job.succeeded", job_id=job.id, cost_usd=job.cost_usd)
 
 
 # ---------------------------------------------------------------- webhooks

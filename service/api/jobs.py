@@ -20,6 +20,7 @@ from service.jobs import (
     plan_view,
     planning_error,
     reserved_output,
+    start_job,
 )
 from service.models import Job, ModelCall, Result, WebhookAttempt, WebhookDelivery, utcnow
 from service.planner import PlanningError
@@ -51,32 +52,39 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant,
     if failed:
         raise ApiError(409, "document_failed", f"document {failed[0]} failed ingestion")
     ready = all(d.status == "ready" for d in docs)
-    if body.dry_run or (body.max_cost_usd is not None and ready):
-        if not ready:
-            raise ApiError(409, "document_not_ready",
-                           "a document is still processing; try the dry run when it is ready",
-                           {"Retry-After": "2"})
+    if body.dry_run and not ready:
+        raise ApiError(409, "document_not_ready",
+                       "a document is still processing; try the dry run when it is ready",
+                       {"Retry-After": "2"})
+    plan = None
+    # Ready documents are planned here (pages already counted, no parsing): the job starts at
+    # once. Renders for pages_as_images and documents still processing go to the plan task.
+    if ready and (body.dry_run or not body.pages_as_images):
         try:
             plan = make_plan(job, docs, state.profile, state.settings, state.storage)
         except PlanningError as exc:
             raise planning_error(exc) from None
-        reserved = reserved_output(state.settings, state.profile, job.options)
-        estimate = estimate_cost(plan, state.profile,
-                                 expected_output_tokens(check_schema(job.schema), reserved))
-        if body.max_cost_usd is not None and estimate > body.max_cost_usd:
-            raise ApiError(422, "budget_exceeded",
-                           f"estimated cost ${estimate:.6f} is above max_cost_usd "
-                           f"${body.max_cost_usd:.6f}")
-        if body.dry_run:
-            view = plan_view(plan, body.document_ids)
-            out = DryRunOut(plan=Plan(**view), estimated_cost_usd=round(estimate, 8),
-                            profile=job.profile)
-            return JSONResponse(out.model_dump(mode="json"), status_code=200)
+        if body.dry_run or body.max_cost_usd is not None:
+            reserved = reserved_output(state.settings, state.profile, job.options)
+            estimate = estimate_cost(plan, state.profile,
+                                     expected_output_tokens(check_schema(job.schema), reserved))
+            if body.max_cost_usd is not None and estimate > body.max_cost_usd:
+                raise ApiError(422, "budget_exceeded",
+                               f"estimated cost ${estimate:.6f} is above max_cost_usd "
+                               f"${body.max_cost_usd:.6f}")
+            if body.dry_run:
+                out = DryRunOut(plan=Plan(**plan_view(plan, body.document_ids)),
+                                estimated_cost_usd=round(estimate, 8), profile=job.profile)
+                return JSONResponse(out.model_dump(mode="json"), status_code=200)
     session.add(job)
     session.flush()
     attach_documents(session, job, docs)
+    chunk_ids = start_job(session, job, plan, body.document_ids) if plan is not None else []
     session.commit()
-    state.queue.send("longdoc.plan_job", job.id)
+    if plan is None:
+        state.queue.send("longdoc.plan_job", job.id)
+    for chunk_id in chunk_ids:
+        state.queue.send("longdoc.extract_chunk", chunk_id)
     return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
                         status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 

@@ -1,0 +1,200 @@
+"""Throughput benchmarks of the whole service against the sandbox model.
+
+    .venv/bin/python -m bench.throughput overhead  [--jobs 1000]
+    .venv/bin/python -m bench.throughput latency   [--jobs 500]
+    .venv/bin/python -m bench.throughput ratelimit [--minutes 4]
+
+overhead:  one-page jobs against a zero-latency sandbox: jobs/s and CPU ms per job of the API and
+           the workers (the sandbox and this client not counted).
+latency:   one-page jobs at the seed latency (0.47 s to first token, 144 tokens/s): the total time
+           against one call's latency, and calls in flight over time.
+ratelimit: tier-1 preset (500 RPM, 200k TPM) on both sides: tokens per minute against the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from bench.pdfgen import text_pdf
+from bench.plot import line_plot
+from tests.helpers import Stack, upload, wait_document, wait_until
+
+SCHEMA = {"type": "object", "required": ["title"],
+          "properties": {"title": {"type": "string"}, "total": {"type": "number"}}}
+CLK = os.sysconf("SC_CLK_TCK")
+OUT = Path("bench/out")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of everything it has reaped or still runs below it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    return own + sum(cpu_seconds(int(c)) for c in children)
+
+
+def service_cpu(stack: Stack) -> float:
+    return sum(cpu_seconds(p.pid) for name, p in stack.procs.items() if name != "sandbox")
+
+
+def png(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (640, 480), (seed * 40 % 255, 90, 160)).save(out, "PNG")
+    return out.getvalue()
+
+
+def finished(stack: Stack, job_ids: set[str]) -> int:
+    db = sqlite3.connect(f"file:{stack.data_dir / 'longdoc.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT id, status FROM jobs WHERE status IN "
+                          "('succeeded','failed','canceled')").fetchall()
+    finally:
+        db.close()
+    return sum(1 for job_id, _ in rows if job_id in job_ids)
+
+
+def failed(stack: Stack) -> list[tuple[str, str]]:
+    db = sqlite3.connect(f"file:{stack.data_dir / 'longdoc.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT error_code, error_message FROM jobs WHERE status='failed'").fetchall()
+    finally:
+        db.close()
+
+
+def run_jobs(stack: Stack, client, doc_ids: list[str], count: int, timeout: float) -> tuple[float, set[str]]:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    ids = set()
+    for i in range(count):
+        response = client.post("/v1/jobs", json={"document_ids": [doc_ids[i % len(doc_ids)]],
+                                                 "schema": SCHEMA})
+        assert response.status_code == 202, response.text
+        ids.add(response.json()["id"])
+    wait_until(lambda: finished(stack, ids) == count, timeout, f"{count} jobs to end", 0.25)
+    return time.perf_counter() - started, ids
+
+
+def prepare(stack: Stack, documents: list[bytes]) -> tuple[object, list[str]]:
+    client = stack.client(stack.create_key("bench")["api_key"])
+    docs = [upload(client, f"d{i}.png", data=data).json()["id"] for i, data in enumerate(documents)]
+    for doc_id in docs:
+        assert wait_document(client, doc_id)["status"] == "ready"
+    return client, docs
+
+
+def overhead(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp)).start()
+        try:
+            client, docs = prepare(stack, [png(i) for i in range(5)])
+            run_jobs(stack, client, docs, 20, 60)  # warm up every process
+            names = [n for n in stack.procs if n != "sandbox"]
+            before = {n: cpu_seconds(stack.procs[n].pid) for n in names}
+            elapsed, _ = run_jobs(stack, client, docs, args.jobs, 600)
+            spent = {n: cpu_seconds(stack.procs[n].pid) - before[n] for n in names}
+            cpu = sum(spent.values())
+            print(f"{args.jobs} one-page jobs, zero-latency sandbox: {elapsed:.1f} s, "
+                  f"{args.jobs / elapsed:.1f} jobs/s")
+            print(f"service CPU: {cpu:.1f} s = {cpu / args.jobs * 1000:.1f} ms per job "
+                  f"(API + CPU worker + model worker + beat; 2 cores)")
+            print("  per process, ms per job: " + ", ".join(
+                f"{n} {spent[n] / args.jobs * 1000:.1f}" for n in names))
+            print(f"failed: {len(failed(stack))}")
+        finally:
+            stack.stop()
+
+
+def latency(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), sandbox_args=["--ttft-s", "0.47", "--output-tps", "144"]).start()
+        try:
+            client, docs = prepare(stack, [png(i) for i in range(5)])
+            one, first = run_jobs(stack, client, docs, 1, 60)
+            calls = client.get(f"/v1/jobs/{first.pop()}/calls").json()["calls"]
+            call_s = calls[0]["latency_ms"] / 1000
+            stack.sandbox(ttft_s=0.47, output_tps=144)  # resets the stats
+            elapsed, _ = run_jobs(stack, client, docs, args.jobs, 600)
+            stats = stack.sandbox_stats()
+            print(f"one job alone, end to end: {one:.2f} s, of which its model call {call_s:.2f} s")
+            print(f"{args.jobs} jobs: {elapsed:.1f} s = {elapsed / call_s:.1f} x one call "
+                  f"(serial would be {args.jobs * call_s:.0f} s); max calls in flight "
+                  f"{stats['max_in_flight']}")
+            series = stats["in_flight_series"]
+            t0 = series[0][0]
+            OUT.mkdir(parents=True, exist_ok=True)
+            line_plot(OUT / "latency-in-flight.png", [(t - t0, n) for t, n in series],
+                      title=f"{args.jobs} one-page jobs at 0.47 s + 144 tok/s: calls in flight",
+                      xlabel="seconds", ylabel="calls in flight")
+            print(f"plot: {OUT / 'latency-in-flight.png'}; failed: {len(failed(stack))}")
+        finally:
+            stack.stop()
+
+
+def ratelimit(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), env_extra={"LONGDOC_RATE_LIMIT_TIER": "tier1"},
+                      sandbox_args=["--ttft-s", "0.47", "--output-tps", "144", "--rpm", "500",
+                                    "--tpm", "200000"]).start()
+        try:
+            # ~12k-token documents: each call is charged its prompt (larger than max_tokens).
+            client, docs = prepare(stack, [text_pdf(18, lines=42, seed=i * 100) for i in range(8)])
+            stack.sandbox(ttft_s=0.47, output_tps=144, rpm=500, tpm=200_000)
+            started = time.time()
+            ids: set[str] = set()
+            seconds = args.minutes * 60
+            # Keep a backlog: the service, not this client, decides how fast calls go.
+            while time.time() - started < seconds:
+                if len(ids) - finished(stack, ids) < 40:
+                    for _ in range(20):
+                        response = client.post("/v1/jobs", json={
+                            "document_ids": [docs[len(ids) % len(docs)]], "schema": SCHEMA})
+                        ids.add(response.json()["id"])
+                time.sleep(1)
+            stats = stack.sandbox_stats()
+            done = [(t - started, n) for t, n in stats["completions"]]
+            per_minute = []
+            for second in range(60, int(seconds) + 1, 5):  # sliding one-minute windows
+                per_minute.append((second, sum(n for t, n in done if second - 60 <= t < second)))
+            steady = [n for s, n in per_minute if s >= 120]
+            print(f"{len(done)} calls in {args.minutes} min; 429s from the sandbox: "
+                  f"{stats['rate_limited']}; failed jobs: {len(failed(stack))}")
+            print(f"tokens per minute (sliding, after the first minute's burst): min "
+                  f"{min(steady)}, median {statistics.median(steady):.0f} of 200,000 = "
+                  f"{statistics.median(steady) / 200_000:.1%}")
+            OUT.mkdir(parents=True, exist_ok=True)
+            line_plot(OUT / "ratelimit-tpm.png", per_minute, title="tier 1: tokens per minute",
+                      xlabel="seconds", ylabel="tokens in the last minute", hline=200_000)
+            print(f"plot: {OUT / 'ratelimit-tpm.png'}")
+        finally:
+            stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["overhead", "latency", "ratelimit"])
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=4)
+    args = parser.parse_args()
+    if args.mode == "overhead":
+        args.jobs = args.jobs or 1000
+        overhead(args)
+    elif args.mode == "latency":
+        args.jobs = args.jobs or 500
+        latency(args)
+    else:
+        ratelimit(args)
+
+
+if __name__ == "__main__":
+    main()
