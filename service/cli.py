@@ -28,6 +28,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibration(_: argparse.Namespace) -> int:
+    """Predicted against reported prompt tokens, per model: how exact the accounting is."""
+    from sqlalchemy import func, select
+
+    from service.db import session_scope
+    from service.models import ModelCall
+
+    error = ModelCall.prompt_tokens - ModelCall.predicted_prompt_tokens
+    with session_scope() as session:
+        rows = session.execute(
+            select(ModelCall.model, func.count(), func.avg(error), func.min(error), func.max(error),
+                   func.sum(ModelCall.prompt_tokens))
+            .where(ModelCall.predicted_prompt_tokens > 0).group_by(ModelCall.model)).all()
+    print(json.dumps([{"model": m, "calls": n, "mean_error_tokens": round(float(avg or 0), 2),
+                       "min_error_tokens": lo, "max_error_tokens": hi, "prompt_tokens": total}
+                      for m, n, avg, lo, hi, total in rows], indent=2))
+    return 0
+
+
 def cmd_migrate(_: argparse.Namespace) -> int:
     from service.migrate import upgrade
 
@@ -171,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True)
     create.set_defaults(func=cmd_keys_create)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("calibration", help="predicted vs reported prompt tokens per model"
+                   ).set_defaults(func=cmd_calibration)
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host")
     api.add_argument("--port", type=int)

@@ -43,6 +43,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             # Sweep for messages of dead workers often enough for the timeout to mean something.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
+            "global_keyprefix": settings.resolved_queue_prefix,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
         },

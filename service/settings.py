@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     )
     webhook_sweep_interval_s: float = 5.0
 
+    # Prefix of every broker key: instances with different data dirs can share one Redis.
+    queue_prefix: str = ""
     task_max_attempts: int = 5
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
@@ -95,6 +97,15 @@ class Settings(BaseSettings):
         if self.storage_url:
             return Path(self.storage_url)
         return (self.data_dir / "files").resolve()
+
+    @property
+    def resolved_queue_prefix(self) -> str:
+        if self.queue_prefix:
+            return self.queue_prefix
+        import hashlib
+
+        digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"longdoc-{digest}:"
 
     @property
     def resolved_api_key(self) -> str:

@@ -71,7 +71,7 @@ class PostgresDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-_redis_dbs = iter(range(8, 16))
+_redis_dbs = iter(range(8, 16))  # make run uses 0; each stack of a run has its own queue prefix too
 
 
 @dataclass

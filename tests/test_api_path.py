@@ -317,3 +317,21 @@ def test_cancel_stops_further_model_calls(stack: Stack, tenant) -> None:
             assert stack.sandbox_stats()["requests"] - before <= 1
     finally:
         stack.sandbox()
+
+
+def test_a_410_from_the_receiver_disables_the_delivery(stack: Stack, tenant) -> None:
+    receiver = WebhookReceiver(tenant["webhook_secret"], fail_first=100, status_on_fail=410)
+    try:
+        with stack.client(tenant["api_key"]) as client:
+            doc = upload(client, "a.png", data=_png_bytes()).json()
+            job_id = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": INVOICE_SCHEMA,
+                                                   "webhook_url": receiver.url}).json()["id"]
+            wait_job(client, job_id)
+            deliveries = wait_until(
+                lambda: [d for d in client.get(f"/v1/jobs/{job_id}/webhooks").json()["deliveries"]
+                         if d["status"] == "disabled"], 20, "the delivery to be disabled")
+            time.sleep(2)  # past two retry delays of this stack's schedule
+            assert len(receiver.received) == 1
+            assert [a["status_code"] for a in deliveries[0]["attempts"]] == [410]
+    finally:
+        receiver.close()

@@ -76,6 +76,17 @@ def test_encrypted_pdf_needs_its_password(storage: LocalStorage) -> None:
     assert len(pages) == 1 and pages[0]["kind"] == "text"
 
 
+def test_owner_password_only_pdf_opens_without_a_password(tmp_path: Path, storage: LocalStorage) -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(CORPUS / "004-pdflatex-4-pages" / "pdflatex-4-pages.pdf"))
+    writer.encrypt(user_password="", owner_password="owner-secret", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    pages = parse(write(tmp_path, "owner.pdf", out.getvalue()), "application/pdf", storage)
+    assert len(pages) == 4 and all(p["kind"] == "text" for p in pages)
+
+
 def test_scanned_pages_are_images_and_text_pages_are_text(tmp_path: Path, storage: LocalStorage) -> None:
     pdf = build_pdf([("text", page_lines(1)), ("scan", scan_jpeg(2)), ("text", page_lines(3)),
                      ("scan", scan_jpeg(4))])

@@ -109,12 +109,13 @@ def test_exactly_at_the_budget_is_one_call_and_one_token_more_is_two(small: Stac
 
 def test_dry_run_matches_the_real_run(small: Stack, key: str) -> None:
     with small.client(key) as client:
+        small.kill("cpu")  # hold ingestion back: the document stays "processing"
         doc = upload(client, "many.pdf", data=text_pdf(60, lines=40)).json()
         early = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA,
                                               "dry_run": True})
-        if early.status_code != 200:  # still processing: 409 and nothing created
-            assert early.status_code == 409
-            assert early.json()["error"]["code"] == "document_not_ready"
+        assert early.status_code == 409
+        assert early.json()["error"]["code"] == "document_not_ready"
+        small.start_worker("cpu", name="cpu-2")
         wait_document(client, doc["id"])
         dry = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA,
                                             "dry_run": True})
@@ -244,5 +245,41 @@ def test_a_tpm_limit_below_the_window_shrinks_the_chunks(tmp_path: Path) -> None
             for call in calls(client, job["id"]):
                 assert call["prompt_tokens"] <= 200_000
             assert s.sandbox_stats()["context_exceeded"] == 0
+    finally:
+        s.stop()
+
+
+def test_pages_as_images_sends_every_page_as_an_image(small: Stack, key: str) -> None:
+    with small.client(key) as client:
+        doc = upload(client, "as-images.pdf", data=text_pdf(3, lines=20)).json()
+        wait_document(client, doc["id"])
+        as_text = run(client, [doc["id"]])
+        as_images = run(client, [doc["id"]], pages_as_images=True)
+        assert as_images["status"] == "succeeded", as_images
+        made = calls(client, as_images["id"])
+        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in made)
+        # Three page renders at the patch cap cost far more than three pages of text.
+        assert as_images["usage"]["prompt_tokens"] > 3 * 1300 * 2.46
+        assert as_images["usage"]["prompt_tokens"] > 2 * as_text["usage"]["prompt_tokens"]
+
+
+def test_a_request_the_model_finds_too_large_is_split_not_failed(tmp_path: Path) -> None:
+    # The sandbox impersonates a model with a smaller window than the service believes in.
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('[profiles."narrow"]\ncontext_window = 9000\nmax_output_tokens = 2000\n'
+                        'tokenizer = "o200k_base"\nimage_method = "patch"\nimage_multiplier = 2.46\n'
+                        'price_input = 0.1\nprice_cached_input = 0.025\nprice_output = 0.4\n')
+    s = start_stack(tmp_path, env_extra={"LONGDOC_MODEL_PROFILES_FILE": str(profiles),
+                                        "LONGDOC_RESERVED_OUTPUT_TOKENS": "2000"},
+                    sandbox_args=["--profile", "narrow"])
+    try:
+        with s.client(s.create_key("narrow")["api_key"]) as client:
+            doc = upload(client, "n.pdf", data=text_pdf(16, lines=40)).json()
+            wait_document(client, doc["id"])
+            job = run(client, [doc["id"]])
+            assert job["status"] == "succeeded", job
+            assert s.sandbox_stats()["context_exceeded"] >= 1
+            assert job["plan"]["calls"] >= 2, "re-planned into smaller chunks"
+            assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"]
     finally:
         s.stop()
