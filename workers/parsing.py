@@ -296,7 +296,7 @@ def _image_frame(frame: Image.Image, fmt: str, storage: LocalStorage, path: str,
     width, height = frame.size
     target = useful_size(width, height)
     if target != (width, height):
-        frame = frame.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        frame = frame.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
     data = encode_jpeg(frame)
     return _image_page(storage, data, frame.size, "image/jpeg")
 
