@@ -37,12 +37,12 @@ class ModelProfile:
     tiers: dict[str, RateTier] = field(default_factory=dict, hash=False, compare=False)
 
     def image_tokens(self, width: int, height: int, detail: str = "auto") -> int:
+        if self.image_method == "patch":
+            full = image_patch_tokens(width, height, self.image_multiplier, self.image_max_patches)
+            # "low" is undocumented for patch models: a configured ceiling, never above "high".
+            return min(full, self.image_low_tokens) if detail == "low" else full
         if detail == "low":
             return self.image_low_tokens
-        if self.image_method == "patch":
-            return image_patch_tokens(
-                width, height, self.image_multiplier, self.image_max_patches
-            )
         return image_tile_tokens(width, height, self.image_base_tokens, self.image_tile_tokens)
 
     def cost_usd(self, prompt: int, cached: int, completion: int) -> float:

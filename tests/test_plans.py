@@ -283,3 +283,45 @@ def test_a_request_the_model_finds_too_large_is_split_not_failed(tmp_path: Path)
             assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"]
     finally:
         s.stop()
+
+
+def test_documents_that_fit_together_go_in_one_call(small: Stack, key: str) -> None:
+    with small.client(key) as client:
+        docs = [upload(client, f"p{i}.pdf", data=text_pdf(2, lines=20, seed=40 + i)).json()["id"]
+                for i in range(3)]
+        for doc_id in docs:
+            wait_document(client, doc_id)
+        job = run(client, docs)
+        assert job["status"] == "succeeded"
+        assert job["plan"]["calls"] == 1
+        assert job["plan"]["chunks"][0]["documents"] == docs
+        lines = client.get(f"/v1/jobs/{job['id']}/result").json()["data"]["lines"]
+        assert [line.split(",")[0] for line in lines] == ["Document 1", "Document 1", "Document 2",
+                                                          "Document 2", "Document 3"]
+
+
+def test_the_shared_prefix_is_cached_across_the_calls_of_a_job(small: Stack, key: str) -> None:
+    instructions = "Follow the house style. " * 200  # > 1024 tokens, shared by every call
+    with small.client(key) as client:
+        doc = upload(client, "cache.pdf", data=text_pdf(12, lines=40, seed=70)).json()
+        wait_document(client, doc["id"])
+        job = run(client, [doc["id"]], instructions=instructions, max_tokens_per_call=6000)
+        assert job["status"] == "succeeded" and job["plan"]["calls"] >= 3
+        made = calls(client, job["id"])
+        assert sum(1 for c in made if c["cached_tokens"] >= 1024) >= len(made) - 1
+        cached = job["usage"]["cached_tokens"]
+        expected = (job["usage"]["prompt_tokens"] - cached) * 0.10 + cached * 0.025 + \
+            job["usage"]["completion_tokens"] * 0.40
+        assert job["cost_usd"] == pytest.approx(expected / 1e6, rel=1e-6)
+
+
+def test_low_image_detail_costs_less_for_a_large_image(small: Stack, key: str) -> None:
+    pdf = build_pdf([("scan", scan_jpeg(9))])
+    with small.client(key) as client:
+        doc = upload(client, "scan.pdf", data=pdf).json()
+        wait_document(client, doc["id"])
+        auto = run(client, [doc["id"]])
+        low = run(client, [doc["id"]], image_detail="low")
+        assert low["status"] == auto["status"] == "succeeded"
+        assert low["usage"]["prompt_tokens"] < auto["usage"]["prompt_tokens"] - 2000
+        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in calls(client, low["id"]))
