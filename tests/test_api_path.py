@@ -335,3 +335,27 @@ def test_a_410_from_the_receiver_disables_the_delivery(stack: Stack, tenant) -> 
             assert [a["status_code"] for a in deliveries[0]["attempts"]] == [410]
     finally:
         receiver.close()
+
+
+def test_chunks_running_in_parallel_fan_in_exactly_once(db_stack: Stack, keys) -> None:
+    from bench.pdfgen import text_pdf
+
+    with db_stack.client(keys["a"]["api_key"]) as client:
+        doc = upload(client, "long.pdf", data=text_pdf(30, lines=40)).json()
+        wait_document(client, doc["id"])
+        jobs = [client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": INVOICE_SCHEMA,
+                                              "max_tokens_per_call": 8000, "max_output_tokens": 2000,
+                                              "instructions": f"run {i}"}).json()["id"]
+                for i in range(4)]
+        for job_id in jobs:
+            job = wait_job(client, job_id)
+            assert job["status"] == "succeeded", job
+            assert job["plan"]["calls"] >= 5
+            assert job["progress"] == {"chunks_total": job["plan"]["calls"],
+                                       "chunks_done": job["plan"]["calls"]}
+            calls = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+            assert len(calls) == job["plan"]["calls"]
+            assert job["usage"]["prompt_tokens"] == sum(c["prompt_tokens"] for c in calls)
+            topics = client.get(f"/v1/jobs/{job_id}/result").json()["data"]["topics"]
+            pages = [int(t.split(",")[1].split()[1].rstrip(":")) for t in topics]
+            assert pages == sorted(pages), "merged in page order"
