@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.db import READONLY
 from service.errors import ApiError
 from service.models import ApiKey, Tenant, new_id
 
@@ -48,6 +49,8 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
 
 def get_session(request: Request):  # type: ignore[no-untyped-def]
     session = request.app.state.sessionmaker()
+    if request.method in ("GET", "HEAD"):
+        session.connection(execution_options={READONLY: True})
     try:
         yield session
     finally:

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import get_settings
 
+READONLY = "longdoc_readonly"
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -27,10 +29,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         # Writers take the lock when the transaction starts, so a read-then-write transaction
-        # never works from a stale snapshot (the fan-in count depends on it).
+        # never works from a stale snapshot (the fan-in count depends on it). Read-only
+        # sessions (API reads, polling) begin deferred and never queue behind writers.
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            readonly = conn.get_execution_options().get(READONLY)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):

@@ -29,7 +29,7 @@ def submit(client, doc_id: str, **options) -> str:  # type: ignore[no-untyped-de
 
 
 def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
-    s = start_stack(tmp_path, env_extra={"LONGDOC_VISIBILITY_TIMEOUT_S": "4"},
+    s = start_stack(tmp_path, env_extra={"LONGDOC_VISIBILITY_TIMEOUT_S": "6"},
                     sandbox_args=["--ttft-s", "2.5"])
     try:
         with s.client(s.create_key("kill")["api_key"]) as client:
