@@ -104,9 +104,3 @@ class ResultOut(BaseModel):
     warnings: list[Any] = []
     usage: Usage
     cost_usd: float
-
-
-class KeyCreated(BaseModel):
-    tenant: str
-    api_key: str
-    webhook_secret: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from service.profiles import ModelProfile
 from service.prompt import fixed_overhead
 from service.settings import Settings
 from service.storage import LocalStorage
+from service.tokens import count_text
 
 JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_per_call",
                "max_output_tokens", "max_cost_usd")
@@ -123,9 +125,7 @@ def estimate_cost(plan: ChunkPlan, profile: ModelProfile, output_per_call: int) 
 
 def expected_output_tokens(strict_schema: dict[str, Any], reserved: int) -> int:
     """A working guess of one answer's length for estimates: a few times the schema's size."""
-    import json
 
-    from service.tokens import count_text
 
     return min(reserved, max(256, 3 * count_text(json.dumps(strict_schema))))
 

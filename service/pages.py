@@ -21,9 +21,6 @@ class ExtractedPage:
     height: int = 0
     image_bytes: int = 0
 
-    def info(self) -> PageInfo:
-        return PageInfo(self.kind, self.text_tokens, self.width, self.height, self.image_bytes)
-
 
 def index_row(page: ExtractedPage) -> list[Any]:
     return [page.kind, page.text_tokens, page.width, page.height, page.image_bytes]

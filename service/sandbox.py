@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,16 +90,11 @@ class Sandbox:
             # model the service is configured for.
             self.profile: ModelProfile = get_profile(
                 config.profile, get_settings().model_profiles_file or None)
-            self.rng = random.Random(config.seed)
             now = time.monotonic()
             self.rpm = Bucket(config.rpm, config.rpm, now) if config.rpm else None
             self.tpm = Bucket(config.tpm, config.tpm, now) if config.tpm else None
             self.stats = SandboxStats()
             self.attempts: dict[tuple[str, str], int] = {}
-
-    def draw(self) -> float:
-        with self.lock:
-            return self.rng.random()
 
     def attempt_draw(self, body_key: str, fault: str) -> float:
         """The same request's n-th attempt always draws the same number, whatever the timing of

@@ -5,27 +5,61 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
-class UploadTooLarge(Exception):
-    pass
+class BlobWriter(Protocol):
+    size: int
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self) -> str: ...
+
+    def abort(self) -> None: ...
 
 
 class Storage(Protocol):
-    async def put_stream(
-        self, chunks: AsyncIterator[bytes], max_bytes: int
-    ) -> tuple[str, int, bytes]: ...
+    def writer(self) -> BlobWriter: ...
 
     def put_bytes(self, data: bytes) -> str: ...
 
     def open(self, key: str) -> BinaryIO: ...
 
-    def path(self, key: str) -> Path: ...
-
     def exists(self, key: str) -> bool: ...
+
+
+class LocalBlobWriter:
+    """Streams a blob to a temporary file while hashing it; ``commit`` files it under its hash."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+        self.tmp = storage.root / "tmp" / secrets.token_hex(16)
+        self.file: BinaryIO | None = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        assert self.file is not None
+        self.digest.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self) -> str:
+        assert self.file is not None
+        self.file.close()
+        self.file = None
+        key = self.digest.hexdigest()
+        final = self.storage.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, final)
+        return key
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.tmp.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -44,44 +78,15 @@ class LocalStorage:
     def open(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 
-    def _commit(self, tmp: Path, key: str) -> None:
-        final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-
-    async def put_stream(
-        self, chunks: AsyncIterator[bytes], max_bytes: int
-    ) -> tuple[str, int, bytes]:
-        """Writes chunks to disk while hashing; stops as soon as ``max_bytes`` is passed.
-
-        Returns (sha256, size, first bytes) - the head is kept for magic-byte sniffing.
-        """
-        digest = hashlib.sha256()
-        size = 0
-        head = b""
-        tmp = self.root / "tmp" / secrets.token_hex(16)
-        try:
-            with open(tmp, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UploadTooLarge(size)
-                    if len(head) < 64:
-                        head += chunk[: 64 - len(head)]
-                    digest.update(chunk)
-                    out.write(chunk)
-            key = digest.hexdigest()
-            self._commit(tmp, key)
-            return key, size, head
-        finally:
-            tmp.unlink(missing_ok=True)
+    def writer(self) -> LocalBlobWriter:
+        return LocalBlobWriter(self)
 
     def put_bytes(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         if not self.exists(key):
-            tmp = self.root / "tmp" / secrets.token_hex(16)
-            tmp.write_bytes(data)
-            self._commit(tmp, key)
+            writer = self.writer()
+            writer.write(data)
+            writer.commit()
         return key
 
 

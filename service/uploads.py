@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from service.errors import ApiError
-from service.storage import LocalStorage
+from service.storage import LocalBlobWriter, LocalStorage
 
 MAX_FIELD_BYTES = 4096  # small text fields (password); anything longer is refused
 
@@ -40,10 +36,7 @@ class _Receiver:
         self.part = _Part()
         self.fields: dict[str, str] = {}
         self.file: UploadedFile | None = None
-        self._out = None
-        self._tmp: Path | None = None
-        self._digest = hashlib.sha256()
-        self._size = 0
+        self._out: LocalBlobWriter | None = None
         self._head = b""
         self._field_buf = b""
 
@@ -76,8 +69,7 @@ class _Receiver:
         if self.part.name == "file":
             if self.file is not None or self._out is not None:
                 raise ApiError(422, "invalid_request", "send exactly one 'file' field")
-            self._tmp = self.storage.root / "tmp" / secrets.token_hex(16)
-            self._out = open(self._tmp, "wb")  # noqa: SIM115 - closed in on_part_end / cleanup
+            self._out = self.storage.writer()
         self._field_buf = b""
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -87,34 +79,25 @@ class _Receiver:
             if len(self._field_buf) > MAX_FIELD_BYTES:
                 raise ApiError(422, "invalid_request", f"field '{self.part.name}' is too long")
             return
-        self._size += len(chunk)
-        if self._size > self.max_bytes:
+        if self._out.size + len(chunk) > self.max_bytes:
             raise ApiError(413, "file_too_large",
                            f"the file is larger than the limit of {self.max_bytes} bytes")
         if len(self._head) < 64:
             self._head += chunk[: 64 - len(self._head)]
-        self._digest.update(chunk)
         self._out.write(chunk)
 
     def on_part_end(self) -> None:
         if self._out is None:
             self.fields[self.part.name] = self._field_buf.decode("utf-8", "replace")
             return
-        self._out.close()
+        size = self._out.size
+        key = self._out.commit()
         self._out = None
-        key = self._digest.hexdigest()
-        assert self._tmp is not None
-        final = self.storage.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, final)
-        self._tmp = None
-        self.file = UploadedFile(key, self._size, self._head, self.part.filename)
+        self.file = UploadedFile(key, size, self._head, self.part.filename)
 
     def cleanup(self) -> None:
         if self._out is not None:
-            self._out.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+            self._out.abort()
 
 
 async def receive_upload(

@@ -3,14 +3,21 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from schemas.api import DocumentOut, ErrorDetail
+from schemas.api import DocumentOut, ErrorBody, ErrorDetail
 from service.auth import CurrentTenant, SessionDep
 from service.errors import ApiError, not_found
 from service.mediatypes import sniff
 from service.models import Document, new_id
 from service.uploads import receive_upload
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+ERRORS: dict[int | str, dict] = {  # type: ignore[type-arg]
+    401: {"model": ErrorBody, "description": "unauthorized"},
+    404: {"model": ErrorBody, "description": "not_found"},
+    422: {"model": ErrorBody, "description": "invalid_request, invalid_schema, ..."},
+    413: {"model": ErrorBody, "description": "file_too_large"},
+    415: {"model": ErrorBody, "description": "unsupported_media_type"},
+}
+router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=ERRORS)
 
 
 def document_out(doc: Document) -> DocumentOut:

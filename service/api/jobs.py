@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, update
 
-from schemas.api import DryRunOut, JobCreate, JobOut, Plan, ResultOut, Usage
+from schemas.api import DryRunOut, ErrorBody, JobCreate, JobOut, Plan, ResultOut, Usage
 from schemas.strict import check_schema
 from service.auth import CurrentTenant, SessionDep
 from service.errors import ApiError, not_found
@@ -26,7 +26,13 @@ from service.models import Job, ModelCall, Result, WebhookAttempt, WebhookDelive
 from service.planner import PlanningError
 from service.webhooks import WebhookTargetRefused, check_target
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ERRORS: dict[int | str, dict] = {  # type: ignore[type-arg]
+    401: {"model": ErrorBody, "description": "unauthorized"},
+    404: {"model": ErrorBody, "description": "not_found"},
+    422: {"model": ErrorBody, "description": "invalid_request, invalid_schema, ..."},
+    409: {"model": ErrorBody, "description": "job_not_succeeded, document_not_ready, document_failed"},
+}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 
 
 def _owned_job(session, tenant, job_id: str) -> Job:  # type: ignore[no-untyped-def]
