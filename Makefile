@@ -8,7 +8,7 @@ export LONGDOC_HOST ?= 127.0.0.1
 export LONGDOC_PORT ?= 8000
 export LONGDOC_DATA_DIR ?= ./.longdoc
 
-.PHONY: setup services test-services run test lint bench clean
+.PHONY: setup services test-services run test lint bench bench-throughput clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,15 @@ test: setup test-services
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup services
+# Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each.
+bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
+
+bench-throughput: setup test-services
+	$(BIN)/python -m bench.throughput overhead
+	$(BIN)/python -m bench.throughput latency
+	$(BIN)/python -m bench.throughput ratelimit
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache

@@ -542,7 +542,9 @@ def deliver_webhook(delivery_id: str, settings: Settings, sender: WebhookSender)
         else:
             delay = _jittered(settings.webhook_retry_schedule[delivery.attempts])
             delivery.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            if delay <= 60:
+            # Short waits ride on a countdown (kept well inside the broker's visibility timeout);
+            # longer ones are found by the beat sweep.
+            if delay <= min(60, settings.visibility_timeout_s / 2):
                 outbox.append(("longdoc.deliver_webhook", delivery_id, delay))
         log.info("webhook.attempt", delivery_id=delivery_id, status_code=outcome.status_code,
                  error=outcome.error, attempts=delivery.attempts, state=delivery.status)
