@@ -325,3 +325,15 @@ def test_low_image_detail_costs_less_for_a_large_image(small: Stack, key: str) -
         assert low["status"] == auto["status"] == "succeeded"
         assert low["usage"]["prompt_tokens"] < auto["usage"]["prompt_tokens"] - 2000
         assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in calls(client, low["id"]))
+
+
+def test_calibration_reports_the_count_error_per_model(small: Stack, key: str) -> None:
+    import json
+
+    with small.client(key) as client:
+        doc = upload(client, "cal.pdf", data=text_pdf(2)).json()
+        wait_document(client, doc["id"])
+        assert run(client, [doc["id"]])["status"] == "succeeded"
+    (row,) = [r for r in json.loads(small.longdoc(["calibration"])) if r["model"] == "sandbox"]
+    assert row["calls"] >= 1
+    assert row["mean_error_tokens"] == row["min_error_tokens"] == row["max_error_tokens"] == 0
