@@ -31,8 +31,9 @@ REFUSE_MARKER = "SANDBOX_REFUSE"
 @dataclass
 class SandboxConfig:
     profile: str = "gpt-4.1-nano"
-    ttft_s: float = 0.0  # seed figure for the real model: 0.47
-    output_tps: float = 0.0  # seed figure: 144; 0 = instant
+    # The seed benchmark's figures for GPT-4.1 nano; 0 makes the sandbox answer at once.
+    ttft_s: float = 0.47
+    output_tps: float = 144.0
     rpm: int = 0
     tpm: int = 0
     error_rate: float = 0.0  # share of answers that are 500/503

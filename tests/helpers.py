@@ -111,7 +111,8 @@ class Stack:
         }
         self.longdoc(["migrate"])
         self._spawn("sandbox", [sys.executable, "-m", "service.cli", "sandbox", "--port",
-                                str(self.sandbox_port), *self.sandbox_args])
+                                str(self.sandbox_port), "--ttft-s", "0", "--output-tps", "0",
+                                *self.sandbox_args])
         self._spawn("api", [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
                             "--host", "127.0.0.1", "--port", str(self.api_port), "--no-access-log"])
         self.start_worker("cpu")
@@ -161,6 +162,8 @@ class Stack:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def sandbox(self, **config: Any) -> None:
+        """Sets the sandbox's options; those not named return to the tests' defaults (instant)."""
+        config = {"ttft_s": 0.0, "output_tps": 0.0, **config}
         httpx.post(f"{self.sandbox_url}/sandbox/config", json=config, timeout=10).raise_for_status()
 
     def sandbox_stats(self) -> dict[str, Any]:
