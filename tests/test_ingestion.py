@@ -234,3 +234,14 @@ def test_encrypted_upload_opens_with_the_password_field(stack: Stack, tenant) ->
         opened = upload(client, PASSWORD_PDF, password="openpassword").json()
         ready = wait_document(client, opened["id"])
         assert ready["status"] == "ready" and ready["pages"] == 1 and ready["tokens"] > 0
+
+
+def test_more_pages_than_the_limit_is_document_too_large(storage: LocalStorage) -> None:
+    path = CORPUS / "004-pdflatex-4-pages" / "pdflatex-4-pages.pdf"
+
+    def work() -> int:
+        return len(parse_document(str(path), "application/pdf", storage, PdfOptions(None, 3)))
+
+    with pytest.raises(ParseError) as err:
+        run_isolated(work, cpu_s=10, memory_bytes=512 * 1024 * 1024, wall_s=20)
+    assert err.value.code == "document_too_large" and "limit is 3" in err.value.message
