@@ -131,3 +131,21 @@ def test_refused_credentials_fail_the_job_without_retrying(stack: Stack, tenant)
             assert stack.sandbox_stats()["requests"] - before == 1
     finally:
         stack.sandbox()
+
+
+def test_a_task_that_keeps_failing_ends_its_job_instead_of_leaving_it_running(stack: Stack, tenant) -> None:
+    import sqlite3
+
+    from service.storage import LocalStorage
+
+    with stack.client(tenant["api_key"]) as client:
+        doc = upload(client, "lost.png", data=png(6, size=(320, 200))).json()
+        wait_document(client, doc["id"])
+        db = sqlite3.connect(stack.data_dir / "longdoc.db")
+        (pages_key,) = db.execute("SELECT pages_key FROM documents WHERE id = ?", (doc["id"],)).fetchone()
+        db.close()
+        LocalStorage(stack.data_dir / "files").path(pages_key).unlink()  # storage lost the pages
+        job = wait_job(client, submit(client, doc["id"]), 60)
+        assert job["status"] == "failed"
+        assert job["error"]["code"] == "internal_error"
+        assert "FileNotFoundError" in job["error"]["message"]

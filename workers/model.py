@@ -113,7 +113,10 @@ class ModelClient:
             attempt += 1
             headers = None
             if self.limiter is not None:
-                waited = self.limiter.acquire(charge)
+                try:
+                    waited = self.limiter.acquire(charge)
+                except TimeoutError as exc:
+                    raise ModelCallFailed("rate_limited", str(exc)) from None
                 if waited > 0.05:
                     log.info("model.call.throttled", waited_s=round(waited, 3), charge=charge)
             try:

@@ -89,6 +89,29 @@ def fail_job(session: Session, job: Job, code: str, message: str, outbox: Outbox
         _finish_job(session, job, "failed", outbox, code, message)
 
 
+def fail_after_error(kind: str, object_id: str, error: BaseException) -> Outbox:
+    """A task that kept raising (a bug, a database outage) ends its document or job as failed
+    instead of leaving it waiting forever."""
+    outbox: Outbox = []
+    message = f"internal error: {type(error).__name__}"
+    with session_scope() as session:
+        job: Job | None = None
+        if kind == "document":
+            doc = session.get(Document, object_id)
+            if doc is not None and doc.status == "processing":
+                doc.status, doc.error_code, doc.error_message = "failed", "internal_error", message
+                doc.password = None
+        elif kind == "chunk":
+            chunk = session.get(Chunk, object_id)
+            job = session.get(Job, chunk.job_id) if chunk is not None else None
+        else:
+            job = session.get(Job, object_id)
+        if job is not None:
+            fail_job(session, job, "internal_error", message, outbox)
+    log.error("task.failed", kind=kind, id=object_id, error=repr(error))
+    return outbox
+
+
 # ---------------------------------------------------------------- ingestion
 
 

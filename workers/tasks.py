@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
-from celery import shared_task
+from celery import Task, shared_task
 
 from service.profiles import ModelProfile, get_profile
 from service.queue import TASK_QUEUES
@@ -53,27 +53,46 @@ def _send(outbox: pipeline.Outbox) -> None:
         app.send_task(name, args=[arg], queue=TASK_QUEUES[name], countdown=countdown)
 
 
-@shared_task(name="longdoc.ingest_document")
+class PipelineTask(Task):  # type: ignore[misc]
+    """Retries an unexpected error a few times (backing off), then fails what the task was for.
+
+    Expected outcomes (a bad file, a refusing model) never raise: the pipeline records them.
+    """
+
+    abstract = True
+    autoretry_for = (Exception,)
+    max_retries = 3
+    retry_backoff = 1
+    retry_backoff_max = 60  # countdowns stay well inside the broker's visibility timeout
+    retry_jitter = True
+    kind = "job"
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+        _send(pipeline.fail_after_error(self.kind, args[0], exc))
+
+
+@shared_task(name="longdoc.ingest_document", base=PipelineTask, kind="document")
 def ingest_document(document_id: str) -> None:
     _send(pipeline.ingest_document(document_id, get_settings(), _storage()))
 
 
-@shared_task(name="longdoc.plan_job")
+@shared_task(name="longdoc.plan_job", base=PipelineTask)
 def plan_job(job_id: str) -> None:
     _send(pipeline.plan_job(job_id, get_settings(), _storage(), _profile()))
 
 
-@shared_task(name="longdoc.extract_chunk")
+@shared_task(name="longdoc.extract_chunk", base=PipelineTask, kind="chunk")
 def extract_chunk(chunk_id: str) -> None:
     _send(pipeline.extract_chunk(chunk_id, get_settings(), _storage(), _profile(), _client()))
 
 
-@shared_task(name="longdoc.finalize_job")
+@shared_task(name="longdoc.finalize_job", base=PipelineTask)
 def finalize_job(job_id: str) -> None:
     _send(pipeline.finalize_job(job_id, get_settings(), _profile(), _client()))
 
 
-@shared_task(name="longdoc.deliver_webhook")
+@shared_task(name="longdoc.deliver_webhook", autoretry_for=(Exception,), max_retries=4,
+             retry_backoff=2, retry_backoff_max=60)
 def deliver_webhook(delivery_id: str) -> None:
     _send(pipeline.deliver_webhook(delivery_id, get_settings(), _sender()))
 
