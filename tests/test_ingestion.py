@@ -14,7 +14,7 @@ from bench.pdfgen import build_pdf, page_lines, scan_jpeg
 from service.storage import LocalStorage
 from service.tokens import count_text, get_encoding, patch_grid
 from tests import hostile
-from tests.helpers import CORPUS, Stack, upload, wait_document
+from tests.helpers import CORPUS, Stack, upload, wait_document, wait_job
 from workers.isolation import run_isolated
 from workers.parsing import ParseError, PdfOptions, parse_document
 
@@ -234,6 +234,12 @@ def test_encrypted_upload_opens_with_the_password_field(stack: Stack, tenant) ->
         opened = upload(client, PASSWORD_PDF, password="openpassword").json()
         ready = wait_document(client, opened["id"])
         assert ready["status"] == "ready" and ready["pages"] == 1 and ready["tokens"] > 0
+        # The password is gone after ingestion, yet the pages can still be read as images.
+        schema = {"type": "object", "properties": {"title": {"type": "string"}}}
+        for options in ({}, {"pages_as_images": True}):
+            job = client.post("/v1/jobs", json={"document_ids": [opened["id"]], "schema": schema,
+                                                **options}).json()
+            assert wait_job(client, job["id"])["status"] == "succeeded"
 
 
 def test_more_pages_than_the_limit_is_document_too_large(storage: LocalStorage) -> None:

@@ -85,7 +85,7 @@ def _image_page(storage: LocalStorage, data: bytes, size: tuple[int, int], media
 class PdfOptions:
     password: str | None
     max_pages: int
-    render_all: bool = False
+    render_all: bool = False  # render every page too (text pages keep their text)
 
 
 def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | None]:
@@ -149,9 +149,12 @@ def _pages_in_range(source: str | bytes, password: str | None, first: int, stop:
                 text = normalise_text(textpage.get_text_bounded())
                 textpage.close()
                 visible = sum(1 for ch in text if not ch.isspace())
-                if options.render_all or visible < MIN_TEXT_CHARS and _has_graphics(page):
+                if visible < MIN_TEXT_CHARS and _has_graphics(page):
+                    extracted = render_page(page, storage)  # a scan: the image is the page
+                elif options.render_all:
+                    # Text stays the page's reading; the render is there for pages_as_images.
                     extracted = render_page(page, storage)
-                    extracted.text = text if options.render_all else ""
+                    extracted.kind, extracted.text = "text" if visible else "empty", text
                 else:
                     w, h = render_size(page)
                     kind = "text" if visible else "empty"

@@ -101,6 +101,12 @@ def fail_after_error(kind: str, object_id: str, error: BaseException) -> Outbox:
             if doc is not None and doc.status == "processing":
                 doc.status, doc.error_code, doc.error_message = "failed", "internal_error", message
                 doc.password = None
+            waiting = session.scalars(
+                select(Job).join(JobDocument, JobDocument.job_id == Job.id)
+                .where(JobDocument.document_id == object_id, Job.status == "queued"))
+            for queued in waiting:
+                fail_job(session, queued, "document_failed", f"document {object_id}: {message}",
+                         outbox)
         elif kind == "chunk":
             chunk = session.get(Chunk, object_id)
             job = session.get(Job, chunk.job_id) if chunk is not None else None
@@ -144,7 +150,9 @@ def ingest_document(document_id: str, settings: Settings, storage: LocalStorage)
         error = ("document_unreadable", "ingestion was interrupted too many times")
     else:
         try:
-            outcome = _parse_in_child(doc, settings, storage)
+            # The password is forgotten after this: render every page now, in case a job
+            # reads them as images later.
+            outcome = _parse_in_child(doc, settings, storage, render_all=bool(doc.password))
         except ParseError as exc:
             error = (exc.code, exc.message)
     outbox: Outbox = []
@@ -185,9 +193,7 @@ def ensure_page_images(doc: Document, settings: Settings, storage: LocalStorage)
     with session_scope() as session:
         row = session.get(Document, doc.id)
         assert row is not None
-        row.pages_key = outcome["pages_key"]
-        row.page_index = [[old[0], old[1], *new[2:]] for old, new in
-                          zip(row.page_index or [], outcome["index"], strict=True)]
+        row.pages_key, row.page_index = outcome["pages_key"], outcome["index"]
         doc.pages_key, doc.page_index = row.pages_key, row.page_index
 
 
