@@ -104,3 +104,13 @@ class ResultOut(BaseModel):
     warnings: list[Any] = []
     usage: Usage
     cost_usd: float
+
+
+class DocumentList(BaseModel):
+    data: list[DocumentOut]
+    next_before: str | None = None
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    next_before: str | None = None

@@ -359,3 +359,23 @@ def test_chunks_running_in_parallel_fan_in_exactly_once(db_stack: Stack, keys) -
             topics = client.get(f"/v1/jobs/{job_id}/result").json()["data"]["topics"]
             pages = [int(t.split(",")[1].split()[1].rstrip(":")) for t in topics]
             assert pages == sorted(pages), "merged in page order"
+
+
+def test_documents_and_jobs_are_listed_newest_first_per_tenant(db_stack: Stack, keys) -> None:
+    fresh = db_stack.create_key(f"lister-{time.time_ns()}")
+    with db_stack.client(fresh["api_key"]) as client, db_stack.client(keys["b"]["api_key"]) as other:
+        docs = [upload(client, f"{i}.png", data=_png_bytes()).json()["id"] for i in range(3)]
+        for doc_id in docs:
+            wait_document(client, doc_id)
+        jobs = [client.post("/v1/jobs", json={"document_ids": [d], "schema": INVOICE_SCHEMA}).json()["id"]
+                for d in docs]
+        for job_id in jobs:
+            wait_job(client, job_id)
+        page = client.get("/v1/documents", params={"limit": 2}).json()
+        assert [d["id"] for d in page["data"]] == docs[::-1][:2]
+        rest = client.get("/v1/documents", params={"limit": 2, "before": page["next_before"]}).json()
+        assert [d["id"] for d in rest["data"]] == docs[:1] and rest["next_before"] is None
+        listed = client.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+        assert [j["id"] for j in listed] == jobs[::-1]
+        assert client.get("/v1/jobs", params={"status": "failed"}).json()["data"] == []
+        assert not {d["id"] for d in other.get("/v1/documents").json()["data"]} & set(docs)

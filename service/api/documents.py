@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 
-from schemas.api import DocumentOut, ErrorBody, ErrorDetail
+from schemas.api import DocumentList, DocumentOut, ErrorBody, ErrorDetail
 from service.auth import CurrentTenant, SessionDep
 from service.errors import ApiError, not_found
 from service.mediatypes import sniff
@@ -18,6 +19,17 @@ ERRORS: dict[int | str, dict] = {  # type: ignore[type-arg]
     415: {"model": ErrorBody, "description": "unsupported_media_type"},
 }
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=ERRORS)
+
+
+def after_cursor(session, query, model, before: str | None):  # type: ignore[no-untyped-def]
+    """Keyset pagination, newest first: the rows older than the one named ``before``."""
+    if not before:
+        return query
+    anchor = session.get(model, before)
+    if anchor is None:
+        raise ApiError(422, "invalid_request", "before: no such item")
+    return query.where((model.created_at < anchor.created_at)
+                       | ((model.created_at == anchor.created_at) & (model.id < anchor.id)))
 
 
 def document_out(doc: Document) -> DocumentOut:
@@ -56,6 +68,20 @@ async def upload_document(request: Request, tenant: CurrentTenant, session: Sess
     body = document_out(doc)
     return JSONResponse(body.model_dump(mode="json"), status_code=201,
                         headers={"Location": f"/v1/documents/{doc.id}"})
+
+
+@router.get("", response_model=DocumentList)
+def list_documents(tenant: CurrentTenant, session: SessionDep,
+                   limit: int = Query(50, ge=1, le=500),
+                   before: str | None = Query(None, description="the next_before of the last page"),
+                   ) -> DocumentList:
+    """The tenant's documents, newest first."""
+    query = after_cursor(session, select(Document).where(Document.tenant_id == tenant.id),
+                         Document, before)
+    rows = session.scalars(query.order_by(Document.created_at.desc(), Document.id.desc())
+                           .limit(limit + 1)).all()
+    items = [document_out(doc) for doc in rows[:limit]]
+    return DocumentList(data=items, next_before=rows[limit - 1].id if len(rows) > limit else None)
 
 
 @router.get("/{document_id}", response_model=DocumentOut)

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, update
 
-from schemas.api import DryRunOut, ErrorBody, JobCreate, JobOut, Plan, ResultOut, Usage
+from schemas.api import (
+    DryRunOut,
+    ErrorBody,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobStatus,
+    Plan,
+    ResultOut,
+    Usage,
+)
 from schemas.strict import check_schema
+from service.api.documents import after_cursor
 from service.auth import CurrentTenant, SessionDep
 from service.errors import ApiError, not_found
 from service.jobs import (
@@ -93,6 +104,22 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant,
         state.queue.send("longdoc.extract_chunk", chunk_id)
     return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
                         status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("", response_model=JobList)
+def list_jobs(tenant: CurrentTenant, session: SessionDep,
+              status: JobStatus | None = None,
+              limit: int = Query(50, ge=1, le=500),
+              before: str | None = Query(None, description="the next_before of the last page"),
+              ) -> JobList:
+    """The tenant's jobs, newest first, optionally of one status."""
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    query = after_cursor(session, query, Job, before)
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    items = [job_out(job, job_document_ids(session, job.id)) for job in rows[:limit]]
+    return JobList(data=items, next_before=rows[limit - 1].id if len(rows) > limit else None)
 
 
 @router.get("/{job_id}", response_model=JobOut)
