@@ -14,9 +14,9 @@ from schemas.strict import InvalidSchema, check_schema
 from service.errors import ApiError
 from service.models import Chunk, Document, Job, JobDocument, new_id, utcnow
 from service.pages import info_from_row, load_pages
+from service.planner import Part, PlanningError, call_budget, plan_chunks
 from service.planner import Plan as ChunkPlan
-from service.planner import PlanningError, call_budget, plan_chunks
-from service.profiles import ModelProfile
+from service.profiles import ModelProfile, RateTier
 from service.prompt import fixed_overhead
 from service.settings import Settings
 from service.storage import LocalStorage
@@ -26,11 +26,11 @@ JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_p
                "max_output_tokens", "max_cost_usd")
 
 
-def tpm_limit(settings: Settings, profile: ModelProfile) -> int:
-    if settings.rate_limit_tpm:
-        return settings.rate_limit_tpm
+def account_limits(settings: Settings, profile: ModelProfile) -> RateTier:
+    """The account's limits: explicit settings win, then the profile's tier preset; 0 = none."""
     tier = profile.tiers.get(settings.rate_limit_tier) if settings.rate_limit_tier else None
-    return tier.tpm if tier else 0
+    return RateTier(rpm=settings.rate_limit_rpm or (tier.rpm if tier else 0),
+                    tpm=settings.rate_limit_tpm or (tier.tpm if tier else 0))
 
 
 def reserved_output(settings: Settings, profile: ModelProfile, options: dict[str, Any]) -> int:
@@ -82,7 +82,7 @@ def make_plan(job: Job, documents: Sequence[Document], profile: ModelProfile,
     overhead = fixed_overhead(profile, job.instructions, strict, options.get("mode", "json_schema"))
     budget = call_budget(
         profile, overhead=overhead, reserved_output=reserved_output(settings, profile, options),
-        safety_margin=settings.safety_margin_tokens, tpm_limit=tpm_limit(settings, profile),
+        safety_margin=settings.safety_margin_tokens, tpm_limit=account_limits(settings, profile).tpm,
         max_tokens_per_call=options.get("max_tokens_per_call"),
     )
     as_images = bool(options.get("pages_as_images"))
@@ -108,13 +108,14 @@ def start_job(session: Session, job: Job, plan: ChunkPlan, document_ids: Sequenc
     return ids
 
 
+def chunk_view(parts: Sequence[Part], prompt_tokens: int, document_ids: Sequence[str]) -> dict[str, Any]:
+    """One call of a plan as the API shows it."""
+    return {"documents": [document_ids[d - 1] for d in sorted({p.document for p in parts})],
+            "pages": [parts[0].page, parts[-1].page], "prompt_tokens": prompt_tokens}
+
+
 def plan_view(plan: ChunkPlan, document_ids: Sequence[str]) -> dict[str, Any]:
-    chunks = []
-    for chunk in plan.chunks:
-        docs = sorted({p.document for p in chunk.parts})
-        chunks.append({"documents": [document_ids[d - 1] for d in docs],
-                       "pages": [chunk.parts[0].page, chunk.parts[-1].page],
-                       "prompt_tokens": chunk.prompt_tokens})
+    chunks = [chunk_view(c.parts, c.prompt_tokens, document_ids) for c in plan.chunks]
     return {"calls": len(plan.chunks), "budget_tokens": plan.budget, "chunks": chunks}
 
 

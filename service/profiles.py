@@ -15,6 +15,10 @@ class RateTier:
     rpm: int
     tpm: int
 
+    @property
+    def enabled(self) -> bool:
+        return self.rpm > 0 or self.tpm > 0
+
 
 @dataclass(frozen=True)
 class ModelProfile:

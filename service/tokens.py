@@ -55,18 +55,6 @@ def count_text(text: str, encoding: str = "o200k_base") -> int:
     return len(get_encoding(encoding).encode_ordinary(text))
 
 
-def count_texts(texts: list[str], encoding: str = "o200k_base") -> list[int]:
-    """Counts many texts at once; tiktoken spreads the batch over threads."""
-    enc = get_encoding(encoding)
-    counts = [0] * len(texts)
-    todo = [(i, t) for i, t in enumerate(texts) if t]
-    if todo:
-        encoded = enc.encode_ordinary_batch([t for _, t in todo], num_threads=4)
-        for (i, _), toks in zip(todo, encoded, strict=True):
-            counts[i] = len(toks)
-    return counts
-
-
 def patch_grid(width: int, height: int, patch: int = 32, max_patches: int = 1536) -> tuple[int, int]:
     """The patch method of GPT-4.1 mini/nano (OpenAI vision guide): the (cols, rows) billed."""
     cols, rows = math.ceil(width / patch), math.ceil(height / patch)

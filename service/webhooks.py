@@ -10,6 +10,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -94,8 +95,6 @@ class WebhookSender:
             max_connections=50)
 
     def send(self, url: str, headers: dict[str, str], body: str) -> SendOutcome:
-        import time
-
         started = time.monotonic()
         timeout = {"connect": self.timeout_s, "read": self.timeout_s,
                    "write": self.timeout_s, "pool": self.timeout_s}

@@ -16,9 +16,8 @@ import openai
 from openai import OpenAI
 
 from service.logs import log
-from service.profiles import ModelProfile
 from service.settings import Settings
-from workers.ratelimit import Limits, RateLimiter
+from workers.ratelimit import RateLimiter
 
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 
@@ -26,9 +25,9 @@ RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 class ModelCallFailed(Exception):
     """A call that will not succeed by retrying it as it is."""
 
-    def __init__(self, code: str, message: str, *, usage: dict[str, int] | None = None) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code, self.message, self.usage = code, message, usage
+        self.code, self.message = code, message
 
 
 class RequestTooLarge(ModelCallFailed):
@@ -75,13 +74,6 @@ def _is_too_large(exc: openai.APIStatusError) -> bool:
     message = str(body.get("message") or exc.message)
     return code == "context_length_exceeded" or (
         exc.status_code == 429 and "Request too large" in message)
-
-
-def account_limits(settings: Settings, profile: ModelProfile) -> Limits:
-    """Explicit settings win; otherwise the profile's tier preset; otherwise no limiter."""
-    tier = profile.tiers.get(settings.rate_limit_tier) if settings.rate_limit_tier else None
-    return Limits(rpm=settings.rate_limit_rpm or (tier.rpm if tier else 0),
-                  tpm=settings.rate_limit_tpm or (tier.tpm if tier else 0))
 
 
 class ModelClient:

@@ -19,6 +19,7 @@ from schemas.strict import check_schema, drop_optional_nulls, validation_errors
 from service.db import session_scope
 from service.jobs import (
     TextLoader,
+    chunk_view,
     estimate_cost,
     expected_output_tokens,
     job_document_ids,
@@ -300,7 +301,7 @@ def _answer_json(call: CallResult) -> Any:
 
 
 def _record_call(session: Session, job: Job, chunk_id: str | None, call: CallResult | None,
-                 predicted: int, profile: ModelProfile, error: str | None = None) -> None:
+                 predicted: int, profile: ModelProfile) -> None:
     if call is None:
         return
     cost = profile.cost_usd(call.prompt_tokens, call.cached_tokens, call.completion_tokens)
@@ -309,7 +310,7 @@ def _record_call(session: Session, job: Job, chunk_id: str | None, call: CallRes
         finish_reason=call.finish_reason, predicted_prompt_tokens=predicted,
         prompt_tokens=call.prompt_tokens, cached_tokens=call.cached_tokens,
         completion_tokens=call.completion_tokens, cost_usd=cost,
-        gateway_cost_usd=call.gateway_cost_usd, latency_ms=call.latency_ms, error=error))
+        gateway_cost_usd=call.gateway_cost_usd, latency_ms=call.latency_ms))
     job.prompt_tokens += call.prompt_tokens
     job.cached_tokens += call.cached_tokens
     job.completion_tokens += call.completion_tokens
@@ -357,12 +358,8 @@ def _update_plan(session: Session, job: Job) -> None:
     rows = session.scalars(select(Chunk).where(Chunk.job_id == job.id, Chunk.status != "split")
                            .order_by(Chunk.ordinal)).all()
     doc_ids = job_document_ids(session, job.id)
-    chunks = []
-    for row in rows:
-        parts = row.parts
-        chunks.append({"documents": [doc_ids[d - 1] for d in sorted({p["document"] for p in parts})],
-                       "pages": [parts[0]["page"], parts[-1]["page"]],
-                       "prompt_tokens": row.predicted_tokens})
+    chunks = [chunk_view([Part.from_json(p) for p in row.parts], row.predicted_tokens, doc_ids)
+              for row in rows]
     job.plan = {**(job.plan or {}), "calls": len(chunks), "chunks": chunks}
 
 

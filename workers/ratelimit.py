@@ -9,11 +9,11 @@ the prompt and ``max_tokens``); workers wait for capacity instead of collecting 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import redis
 
 from service.logs import log
+from service.profiles import RateTier
 
 # KEYS[1]: the bucket. ARGV: rpm, tpm, tokens to charge. Returns milliseconds to wait (0 = taken).
 # The clock is Redis's own, so workers on different machines agree.
@@ -57,18 +57,8 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class Limits:
-    rpm: int
-    tpm: int
-
-    @property
-    def enabled(self) -> bool:
-        return self.rpm > 0 or self.tpm > 0
-
-
 class RateLimiter:
-    def __init__(self, client: redis.Redis, key: str, limits: Limits, max_wait_s: float = 600) -> None:
+    def __init__(self, client: redis.Redis, key: str, limits: RateTier, max_wait_s: float = 600) -> None:
         self.client, self.key, self.limits, self.max_wait_s = client, key, limits, max_wait_s
         self._acquire = client.register_script(_ACQUIRE)
         self._correct = client.register_script(_CORRECT)

@@ -7,13 +7,14 @@ from functools import lru_cache
 import redis
 from celery import Task, shared_task
 
+from service.jobs import account_limits
 from service.profiles import ModelProfile, get_profile
 from service.queue import TASK_QUEUES
 from service.settings import get_settings
 from service.storage import LocalStorage, get_storage
 from service.webhooks import WebhookSender
 from workers import pipeline
-from workers.model import ModelClient, account_limits
+from workers.model import ModelClient
 from workers.ratelimit import RateLimiter
 
 
