@@ -55,14 +55,18 @@ def count_text(text: str, encoding: str = "o200k_base") -> int:
     return len(get_encoding(encoding).encode_ordinary(text))
 
 
-def patch_grid(width: int, height: int, patch: int = 32, max_patches: int = 1536) -> tuple[int, int]:
-    """The patch method of GPT-4.1 mini/nano (OpenAI vision guide): the (cols, rows) billed."""
-    cols, rows = math.ceil(width / patch), math.ceil(height / patch)
-    if cols * rows <= max_patches:
-        return cols, rows
+def patch_scale(width: float, height: float, patch: int = 32, max_patches: int = 1536) -> float:
+    """The factor the API shrinks an image by before cutting patches (OpenAI vision guide)."""
+    if math.ceil(width / patch) * math.ceil(height / patch) <= max_patches:
+        return 1.0
     r = math.sqrt(patch * patch * max_patches / (width * height))
     w_scaled, h_scaled = width * r / patch, height * r / patch
-    r *= min(math.floor(w_scaled) / w_scaled, math.floor(h_scaled) / h_scaled)
+    return r * min(math.floor(w_scaled) / w_scaled, math.floor(h_scaled) / h_scaled)
+
+
+def patch_grid(width: int, height: int, patch: int = 32, max_patches: int = 1536) -> tuple[int, int]:
+    """The patch method of GPT-4.1 mini/nano: the (cols, rows) billed."""
+    r = patch_scale(width, height, patch, max_patches)
     return math.ceil(width * r / patch), math.ceil(height * r / patch)
 
 

@@ -20,7 +20,7 @@ from pypdf.errors import PyPdfError
 
 from service.pages import ExtractedPage
 from service.storage import LocalStorage
-from service.tokens import count_text
+from service.tokens import count_text, patch_scale
 
 PAGES_PER_PROCESS = 150  # below this, forking another parser costs more than it saves
 MIN_TEXT_CHARS = 40  # fewer visible characters than this is no usable text layer
@@ -41,15 +41,10 @@ class ParseError(Exception):
 
 
 def useful_size(width: float, height: float) -> tuple[int, int]:
-    """The largest size, same aspect, whose patch count stays within the model's cap."""
-    if math.ceil(width / PATCH) * math.ceil(height / PATCH) <= MAX_PATCHES:
-        return max(1, round(width)), max(1, round(height))
-    scale = math.sqrt(PATCH * PATCH * MAX_PATCHES / (width * height))
-    while True:
-        w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-        if math.ceil(w / PATCH) * math.ceil(h / PATCH) <= MAX_PATCHES:
-            return w, h
-        scale *= 0.99
+    """The size the model itself would shrink the image to: more pixels buy nothing, and any
+    other size under the cap can cost more patches than the original would."""
+    r = patch_scale(width, height, PATCH, MAX_PATCHES)
+    return max(1, math.floor(width * r)), max(1, math.floor(height * r))
 
 
 def normalise_text(text: str) -> str:
