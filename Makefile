@@ -32,10 +32,12 @@ run: setup services
 
 test: setup test-services
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each.
 bench: setup test-services

@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.pdfgen import build_pdf, scan_jpeg, text_pdf
-from service.settings import get_settings
-from service.storage import LocalStorage
-from service.tokens import count_text, get_encoding
-from tests import hostile
+from service.core.settings import get_settings
+from service.core.tokens import count_text, get_encoding
+from service.store.storage import LocalStorage
+from tests.support import hostile
+from tests.support.pdfgen import build_pdf, scan_jpeg, text_pdf
 from workers.isolation import ChildUsage, run_isolated
 from workers.parsing import ParseError, PdfOptions, parse_document
 
@@ -95,7 +95,7 @@ def best_time(n: int, fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def end_to_end(path: Path, runs: int) -> list[float]:
-    from tests.helpers import Stack, upload, wait_document
+    from tests.support.stack import Stack, upload, wait_document
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp)).start()

@@ -9,10 +9,11 @@ import math
 import time
 
 from schemas.strict import check_schema
-from service.planner import PageInfo, call_budget, header_tokens, plan_chunks
-from service.profiles import get_profile
-from service.prompt import fixed_overhead
-from service.tokens import get_encoding
+from service.core.pages import PageInfo
+from service.core.planner import call_budget, header_tokens, plan_chunks
+from service.core.profiles import get_profile
+from service.core.prompt import fixed_overhead
+from service.core.tokens import get_encoding
 
 SCHEMA = {"type": "object", "properties": {"parties": {"type": "array", "items": {"type": "string"}},
                                            "total": {"type": "number"}}}

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.pdfgen import text_pdf
 from bench.plot import line_plot
-from tests.helpers import Stack, upload, wait_document, wait_until
+from tests.support.pdfgen import text_pdf
+from tests.support.stack import Stack, upload, wait_document, wait_until
 
 SCHEMA = {"type": "object", "required": ["title"],
           "properties": {"title": {"type": "string"}, "total": {"type": "number"}}}

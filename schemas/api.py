@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-DocumentStatus = Literal["processing", "ready", "failed"]
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class DocumentStatus(StrEnum):
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
 
 
 class ErrorDetail(BaseModel):
@@ -104,6 +120,49 @@ class ResultOut(BaseModel):
     warnings: list[Any] = []
     usage: Usage
     cost_usd: float
+
+
+class CallOut(BaseModel):
+    chunk_id: str | None
+    model: str | None
+    finish_reason: str | None
+    predicted_prompt_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    gateway_cost_usd: float | None = None
+    latency_ms: int
+    at: datetime
+
+
+class CallList(BaseModel):
+    calls: list[CallOut]
+
+
+class AttemptOut(BaseModel):
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event: str
+    url: str
+    status: str
+    attempts: list[AttemptOut]
+    next_attempt_at: datetime | None = None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]
+
+
+class RedeliveryOut(BaseModel):
+    id: str
+    status: str
 
 
 class DocumentList(BaseModel):

@@ -17,6 +17,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import SchemaError
 
+from schemas.errors import ErrorCode, LongdocError
+
 MAX_PROPERTIES = 5000
 MAX_DEPTH = 10
 MAX_ENUM_VALUES = 1000
@@ -27,8 +29,11 @@ DROPPED = ("default", "$schema", "$id", "examples", "readOnly", "writeOnly", "$c
            "contentMediaType")
 
 
-class InvalidSchema(ValueError):
+class InvalidSchema(LongdocError):
     """The user's schema cannot be used; the message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_SCHEMA, message)
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -136,10 +141,12 @@ def nullable(node: Any) -> Any:
 
 
 def to_strict(schema: dict[str, Any]) -> dict[str, Any]:
-    return _Converter().convert(copy.deepcopy(schema), "#", 1)
+    strict: dict[str, Any] = _Converter().convert(copy.deepcopy(schema), "#", 1)
+    return strict
 
 
-def _resolve(node: Any, root: dict[str, Any]) -> Any:
+def resolve_ref(node: Any, root: dict[str, Any]) -> Any:
+    """Follows local ``$ref``s (``#/...``) from ``node`` to the schema they name."""
     seen = 0
     while isinstance(node, dict) and "$ref" in node and seen < 32:
         ref = node["$ref"]
@@ -155,7 +162,7 @@ def _resolve(node: Any, root: dict[str, Any]) -> Any:
 def drop_optional_nulls(data: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
     """Removes the nulls strict mode forced into optional fields the user's schema left out."""
     root = root or schema
-    node = _resolve(schema, root)
+    node = resolve_ref(schema, root)
     if not isinstance(node, dict):
         return data
     if isinstance(data, dict) and "properties" in node:
@@ -172,13 +179,13 @@ def drop_optional_nulls(data: Any, schema: dict[str, Any], root: dict[str, Any] 
     for key in ("anyOf", "oneOf"):
         for branch in node.get(key, []):
             candidate = drop_optional_nulls(data, branch, root)
-            if is_valid(candidate, {**_resolve(branch, root), "$defs": root.get("$defs", {})}):
+            if is_valid(candidate, {**resolve_ref(branch, root), "$defs": root.get("$defs", {})}):
                 return candidate
     return data
 
 
 def accepts_null(node: Any, root: dict[str, Any]) -> bool:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     if not isinstance(node, dict):
         return bool(node)
     types = node.get("type")

@@ -10,19 +10,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from typing import NoReturn
 
 import httpx
 
-from service.settings import get_settings
+from service.core.settings import get_settings
+from service.store.db import Database
+
+
+def _database() -> Database:
+    return Database(get_settings().resolved_database_url)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from service.auth import create_key
-    from service.db import session_scope
+    from service.store.keys import create_key
 
-    with session_scope() as session:
-        tenant, key = create_key(session, args.tenant)
+    with _database().unit_of_work() as uow:
+        tenant, key = create_key(uow.session, args.tenant)
         out = {"tenant": tenant.name, "api_key": key, "webhook_secret": tenant.webhook_secret}
     print(json.dumps(out))
     return 0
@@ -32,12 +36,11 @@ def cmd_calibration(_: argparse.Namespace) -> int:
     """Predicted against reported prompt tokens, per model: how exact the accounting is."""
     from sqlalchemy import func, select
 
-    from service.db import session_scope
-    from service.models import ModelCall
+    from service.store.models import ModelCall
 
     error = ModelCall.prompt_tokens - ModelCall.predicted_prompt_tokens
-    with session_scope() as session:
-        rows = session.execute(
+    with _database().unit_of_work() as uow:
+        rows = uow.session.execute(
             select(ModelCall.model, func.count(), func.avg(error), func.min(error), func.max(error),
                    func.sum(ModelCall.prompt_tokens))
             .where(ModelCall.predicted_prompt_tokens > 0).group_by(ModelCall.model)).all()
@@ -48,7 +51,7 @@ def cmd_calibration(_: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    from service.migrate import upgrade
+    from service.store.migrate import upgrade
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def api_argv(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+    return [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
             "--host", host, "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
 
 
@@ -79,43 +82,37 @@ def beat_argv() -> list[str]:
 
 
 def sandbox_argv(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "service.cli", "sandbox", "--host", host, "--port", str(port),
-            *extra]
+    return [sys.executable, "-m", "service.sandbox", "--host", host, "--port", str(port), *extra]
 
 
-def cmd_api(args: argparse.Namespace) -> int:
+def cmd_api(args: argparse.Namespace) -> NoReturn:
     settings = get_settings()
     os.execv(sys.executable, api_argv(args.host or settings.host, args.port or settings.port))
-    return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace) -> NoReturn:
     os.execv(sys.executable, worker_argv(args.queue, args.concurrency))
-    return 0
 
 
-def cmd_beat(_: argparse.Namespace) -> int:
+def cmd_beat(_: argparse.Namespace) -> NoReturn:
     os.execv(sys.executable, beat_argv())
-    return 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.sandbox import SandboxConfig, create_sandbox_app
-
-    config = SandboxConfig(**{f.name: getattr(args, f.name) for f in fields(SandboxConfig)})
-    uvicorn.run(create_sandbox_app(config), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
-    return 0
+    try:
+        from service.sandbox.cli import main as sandbox_main
+    except ImportError:
+        print("the sandbox is not installed here (production images leave it out)", file=sys.stderr)
+        return 2
+    return sandbox_main(args.sandbox_args)
 
 
-def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise SystemExit(f"a process exited during start-up: {proc.args}")
+                raise SystemExit(f"a process exited during start-up: {proc.args!r}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -131,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd_migrate(args)
     env = dict(os.environ)
-    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    procs: list[subprocess.Popen[bytes]] = []
     sandbox_note = ""
     if not settings.resolved_api_key and not settings.model_base_url:
         sandbox_port = settings.port + 1
@@ -147,11 +144,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     try:
         _wait_http(f"{url}/healthz", 60, procs)
-        from service.auth import create_key
-        from service.db import session_scope
+        from service.store.keys import create_key
 
-        with session_scope() as session:
-            tenant, key = create_key(session, "dev")
+        with _database().unit_of_work() as uow:
+            tenant, key = create_key(uow.session, "dev")
             secret = tenant.webhook_secret
         print(f"\nlongdoc is running at {url}\n  OpenAPI docs: {url}/docs\n"
               f"  development API key (tenant 'dev'): {key}\n  webhook secret: {secret}\n"
@@ -201,20 +197,19 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int)
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="run the scheduler").set_defaults(func=cmd_beat)
-    sandbox = sub.add_parser("sandbox", help="run the sandbox model server (offline peer)")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8001)
-    from service.sandbox import SandboxConfig
-
-    for f in fields(SandboxConfig):
-        sandbox.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default),
-                             default=f.default)
+    sandbox = sub.add_parser("sandbox", add_help=False,
+                             help="run the sandbox model server, an offline OpenAI-compatible "
+                             "peer (longdoc sandbox --help for its options)")
+    sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(func=cmd_sandbox)
     sub.add_parser("run", help="start everything on this machine").set_defaults(func=cmd_run)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:  # its own options, help included, belong to the sandbox
+        return cmd_sandbox(argparse.Namespace(sandbox_args=argv[1:]))
     args = parser().parse_args(argv)
     return int(args.func(args) or 0)
 

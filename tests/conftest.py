@@ -1,21 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack
-
-
-def start_stack(tmp: Path, database: str = "sqlite", **kwargs) -> Stack:  # type: ignore[no-untyped-def]
-    stack = Stack(tmp, database=database, **kwargs)
-    try:
-        return stack.start()
-    except BaseException:
-        print(stack.logs())
-        stack.stop()
-        raise
+from tests.support.stack import Stack, start_stack
 
 
 @pytest.fixture(scope="session")

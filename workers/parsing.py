@@ -11,16 +11,18 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 from PIL import Image, ImageOps, ImageSequence
 from pypdf.errors import PyPdfError
 
-from service.pages import ExtractedPage
-from service.storage import LocalStorage
-from service.tokens import count_text, patch_scale
+from schemas.errors import LongdocError
+from service.core.pages import ExtractedPage
+from service.core.tokens import count_text, patch_scale
+from service.store.storage import LocalStorage
 
 PAGES_PER_PROCESS = 150  # below this, forking another parser costs more than it saves
 MIN_TEXT_CHARS = 40  # fewer visible characters than this is no usable text layer
@@ -30,14 +32,14 @@ MAX_IMAGE_PIXELS = 120_000_000  # Pillow raises DecompressionBombError at twice 
 PATCH, MAX_PATCHES = 32, 1536
 MODEL_IMAGE_FORMATS = {"JPEG", "PNG", "WEBP"}
 
+PdfPage = Any  # a pypdfium2 page; pypdfium2 ships no type information
+
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
-class ParseError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+class ParseError(LongdocError):
+    """The file cannot be read (the code says why); it fails its own document only."""
 
 
 def useful_size(width: float, height: float) -> tuple[int, int]:
@@ -113,7 +115,7 @@ def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | No
     return rebuilt, None
 
 
-def render_page(page, storage: LocalStorage) -> ExtractedPage:  # type: ignore[no-untyped-def]
+def render_page(page: PdfPage, storage: LocalStorage) -> ExtractedPage:
     width, height = page.get_size()
     target = useful_size(width * 4, height * 4)  # start from 288 dpi, come down to the cap
     scale = min(target[0] / width, target[1] / height)
@@ -123,7 +125,7 @@ def render_page(page, storage: LocalStorage) -> ExtractedPage:  # type: ignore[n
     return _image_page(storage, data, img.size, "image/jpeg")
 
 
-def render_size(page) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def render_size(page: PdfPage) -> tuple[int, int]:
     width, height = page.get_size()
     target = useful_size(width * 4, height * 4)
     scale = min(target[0] / width, target[1] / height)
@@ -184,14 +186,17 @@ def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[Ext
         return jobs[0]()
     from workers.isolation import fork_map
 
-    results = fork_map([lambda job=job: [asdict(p) for p in job()] for job in jobs[1:]])
+    def as_rows(job: Callable[[], list[ExtractedPage]]) -> Callable[[], list[dict[str, Any]]]:
+        return lambda: [asdict(p) for p in job()]
+
+    results = fork_map([as_rows(job) for job in jobs[1:]])
     pages = jobs[0]()
     for result in results():
         pages.extend(ExtractedPage(**raw) for raw in result)
     return pages
 
 
-def _has_graphics(page) -> bool:  # type: ignore[no-untyped-def]
+def _has_graphics(page: PdfPage) -> bool:
     """Images, drawings or form fields: what a short text layer would leave out."""
     import pypdfium2.raw as pdfium_c
 
@@ -206,7 +211,7 @@ def _rebuilt_with_pypdf(path: str, password: str | None) -> bytes | None:
     of a linearized file first, then by object number).
     """
     from pypdf import PageObject, PdfReader, PdfWriter
-    from pypdf.generic import IndirectObject
+    from pypdf.generic import DictionaryObject, IndirectObject
 
     reader = PdfReader(path, strict=False)
     if reader.is_encrypted and not reader.decrypt(password or ""):
@@ -222,14 +227,15 @@ def _rebuilt_with_pypdf(path: str, password: str | None) -> bytes | None:
         first = None
         with contextlib.suppress(PyPdfError, ValueError, KeyError, TypeError, AttributeError,
                                  IndexError):  # the linearization dictionary names page 1
-            first = int(reader.get_object(IndirectObject(numbers[0], 0, reader)).get("/O", -1))
+            head = reader.get_object(IndirectObject(numbers[0], 0, reader))
+            first = int(head.get("/O", -1)) if isinstance(head, DictionaryObject) else None
         found = []
         for number in numbers:
             try:
                 obj = reader.get_object(IndirectObject(number, 0, reader))
             except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError):
                 continue
-            if hasattr(obj, "get") and obj.get("/Type") == "/Page":
+            if isinstance(obj, DictionaryObject) and obj.get("/Type") == "/Page":
                 found.append((number != first, number, obj))
         for _, number, obj in sorted(found, key=lambda item: item[:2]):
             page = PageObject(pdf=reader, indirect_reference=IndirectObject(number, 0, reader))

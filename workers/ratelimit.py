@@ -12,8 +12,8 @@ import time
 
 import redis
 
-from service.logs import log
-from service.profiles import RateTier
+from service.core.logs import log
+from service.core.profiles import RateTier
 
 # KEYS[1]: the bucket. ARGV: rpm, tpm, tokens to charge. Returns milliseconds to wait (0 = taken).
 # The clock is Redis's own, so workers on different machines agree.

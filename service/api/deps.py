@@ -1,0 +1,76 @@
+"""What a route may ask for: the unit of work, the settings and services of the app, and the
+tenant its API key authenticates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from schemas.errors import ErrorCode, LongdocError
+from service.core.profiles import ModelProfile
+from service.core.settings import Settings
+from service.store.db import Database, UnitOfWork
+from service.store.keys import tenant_for_key
+from service.store.models import Tenant
+from service.store.queue import TaskQueue
+from service.store.storage import LocalStorage
+
+
+@dataclass
+class Services:
+    """Everything ``create_app`` builds from its settings, once."""
+
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    queue: TaskQueue
+    profile: ModelProfile
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_uow(request: Request, services: ServicesDep) -> Iterator[UnitOfWork]:
+    """A unit of work per request: reads begin deferred (on SQLite they never wait for a
+    writer); a route that writes calls ``uow.commit()``, which then sends its tasks."""
+    uow = UnitOfWork(services.db.session(readonly=request.method in ("GET", "HEAD")),
+                     services.queue)
+    try:
+        yield uow
+    finally:
+        uow.session.close()
+
+
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_uow)]
+
+
+def _session(uow: UnitOfWorkDep) -> Session:
+    return uow.session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+def current_tenant(request: Request, session: SessionDep) -> Tenant:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise LongdocError(ErrorCode.UNAUTHORIZED,
+                           "missing API key: send 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": "Bearer"})
+    tenant = tenant_for_key(session, key.strip())
+    if tenant is None:
+        raise LongdocError(ErrorCode.UNAUTHORIZED, "invalid API key", {"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(current_tenant)]

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from schemas.api import (
+    CallList,
+    DeliveryList,
+    DryRunOut,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobStatus,
+    Plan,
+    RedeliveryOut,
+    ResultOut,
+)
+from schemas.errors import ErrorCode, LongdocError
+from schemas.strict import check_schema
+from schemas.tasks import Task
+from service.api.deps import CurrentTenant, ServicesDep, SessionDep, UnitOfWorkDep
+from service.api.errors import not_found
+from service.api.routes.common import after_cursor, error_responses
+from service.core.jobs import check_cost, make_plan, plan_view
+from service.core.webhooks import check_target
+from service.store.jobs import (
+    attach_documents,
+    document_pages,
+    first_failed,
+    job_document_ids,
+    job_spec,
+    new_job,
+    owned_documents,
+    start_job,
+)
+from service.store.models import (
+    DeliveryStatus,
+    DocumentStatus,
+    Job,
+    ModelCall,
+    Result,
+    Tenant,
+    WebhookAttempt,
+    WebhookDelivery,
+    utcnow,
+)
+from service.store.views import call_out, delivery_out, job_out, job_usage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
+    _401="unauthorized", _404="not_found",
+    _409="job_not_succeeded, document_not_ready, document_failed",
+    _422="invalid_request, invalid_schema, webhook_url_not_allowed, budget_exceeded, ..."))
+
+
+def _owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant.id:
+        raise not_found("job")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobOut,
+             responses={200: {"model": DryRunOut, "description": "dry_run: the plan and its cost"}})
+def create_job(body: JobCreate, tenant: CurrentTenant, uow: UnitOfWorkDep,
+               services: ServicesDep) -> JSONResponse:
+    settings, profile = services.settings, services.profile
+    check_schema(body.json_schema)
+    job = new_job(tenant.id, body, settings.model)
+    docs = owned_documents(uow.session, tenant.id, body.document_ids)
+    if body.webhook_url:
+        check_target(body.webhook_url, settings.webhook_allowed_networks)
+    failed = first_failed(docs)
+    if failed is not None:
+        raise LongdocError(ErrorCode.DOCUMENT_FAILED, f"document {failed.id} failed ingestion")
+    ready = all(d.status == DocumentStatus.READY for d in docs)
+    if body.dry_run and not ready:
+        raise LongdocError(ErrorCode.DOCUMENT_NOT_READY,
+                           "a document is still processing; try the dry run when it is ready",
+                           {"Retry-After": "2"})
+    # Ready documents are planned here (pages already counted, no parsing): the job starts at
+    # once. Renders for pages_as_images and documents still processing go to the plan task.
+    if ready and (body.dry_run or not body.pages_as_images):
+        spec = job_spec(job)
+        plan = make_plan(spec, [document_pages(d) for d in docs], profile, settings,
+                         services.storage)
+        if body.dry_run or body.max_cost_usd is not None:
+            estimate = check_cost(spec, plan, profile, settings)
+        if body.dry_run:
+            out = DryRunOut(plan=Plan(**plan_view(plan, body.document_ids)),
+                            estimated_cost_usd=round(estimate, 8), profile=job.profile)
+            return JSONResponse(out.model_dump(mode="json"), status_code=200)
+        uow.session.add(job)
+        uow.session.flush()
+        attach_documents(uow.session, job, docs)
+        start_job(uow, job, plan, body.document_ids)
+    else:
+        uow.session.add(job)
+        uow.session.flush()
+        attach_documents(uow.session, job, docs)
+        uow.send(Task.PLAN_JOB, job.id)
+    uow.commit()
+    return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
+                        status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("", response_model=JobList)
+def list_jobs(tenant: CurrentTenant, session: SessionDep,
+              status: JobStatus | None = None,
+              limit: int = Query(50, ge=1, le=500),
+              before: str | None = Query(None, description="the next_before of the last page"),
+              ) -> JobList:
+    """The tenant's jobs, newest first, optionally of one status."""
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    query = after_cursor(session, query, Job, before)
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    items = [job_out(job, job_document_ids(session, job.id)) for job in rows[:limit]]
+    return JobList(data=items, next_before=rows[limit - 1].id if len(rows) > limit else None)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobOut:
+    job = _owned_job(session, tenant, job_id)
+    return job_out(job, job_document_ids(session, job.id))
+
+
+@router.get("/{job_id}/result", response_model=ResultOut)
+def get_result(job_id: str, tenant: CurrentTenant, session: SessionDep) -> ResultOut:
+    job = _owned_job(session, tenant, job_id)
+    if job.status != JobStatus.SUCCEEDED:
+        raise LongdocError(ErrorCode.JOB_NOT_SUCCEEDED,
+                           f"the job is {job.status}; the result exists once it has succeeded")
+    result = session.get(Result, job.id)
+    if result is None:
+        raise LongdocError(ErrorCode.JOB_NOT_SUCCEEDED, "the result is not stored yet")
+    return ResultOut(job_id=job.id, model=job.model, data=result.data, warnings=result.warnings,
+                     usage=job_usage(job), cost_usd=round(job.cost_usd, 8))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, tenant: CurrentTenant, uow: UnitOfWorkDep) -> JobOut:
+    """Stops the job: chunks not yet sent are never sent."""
+    job = _owned_job(uow.session, tenant, job_id)
+    uow.session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .values(status=JobStatus.CANCELED, finished_at=utcnow()))
+    uow.commit()
+    uow.session.refresh(job)
+    return job_out(job, job_document_ids(uow.session, job.id))
+
+
+@router.get("/{job_id}/calls", response_model=CallList)
+def list_calls(job_id: str, tenant: CurrentTenant, session: SessionDep) -> CallList:
+    """Every model call of the job: predicted against reported prompt tokens, usage, cost."""
+    job = _owned_job(session, tenant, job_id)
+    calls = session.scalars(select(ModelCall).where(ModelCall.job_id == job.id).order_by(ModelCall.id))
+    return CallList(calls=[call_out(c) for c in calls])
+
+
+@router.get("/{job_id}/webhooks", response_model=DeliveryList)
+def list_deliveries(job_id: str, tenant: CurrentTenant, session: SessionDep) -> DeliveryList:
+    """Every delivery of the job's events, with every attempt."""
+    job = _owned_job(session, tenant, job_id)
+    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)
+                                 .order_by(WebhookDelivery.created_at))
+    return DeliveryList(deliveries=[
+        delivery_out(d, list(session.scalars(select(WebhookAttempt)
+                                             .where(WebhookAttempt.delivery_id == d.id)
+                                             .order_by(WebhookAttempt.id))))
+        for d in deliveries])
+
+
+@router.post("/{job_id}/webhooks/{delivery_id}/redeliver", status_code=202,
+             response_model=RedeliveryOut)
+def redeliver(job_id: str, delivery_id: str, tenant: CurrentTenant,
+              uow: UnitOfWorkDep) -> RedeliveryOut:
+    job = _owned_job(uow.session, tenant, job_id)
+    delivery = uow.session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.job_id != job.id:
+        raise not_found("delivery")
+    delivery.status, delivery.attempts = DeliveryStatus.PENDING, 0
+    delivery.next_attempt_at = utcnow()
+    uow.send(Task.DELIVER_WEBHOOK, delivery.id)
+    uow.commit()
+    return RedeliveryOut(id=delivery.id, status=delivery.status)

@@ -1,0 +1,140 @@
+"""One settings object, read from ``LONGDOC_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MODEL_PRESETS = {
+    # name: (base URL, model id as the endpoint spells it)
+    "opper": ("https://api.opper.ai/v3/compat", "openai/gpt-4.1-nano"),
+    "openai": ("https://api.openai.com/v1", "gpt-4.1-nano"),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LONGDOC_", extra="ignore")
+
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".longdoc")
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = ""
+
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_pages: int = 5000
+
+    # Model endpoint. ``model_preset`` picks base URL and id; explicit values win.
+    model_preset: str = ""
+    model: str = "gpt-4.1-nano"
+    model_id: str = ""
+    model_base_url: str = ""
+    model_api_key: str = ""
+    model_profiles_file: str = ""
+    model_timeout_s: float = 600.0
+    model_max_attempts: int = 6
+    model_max_retry_s: float = 300.0
+    model_concurrency: int = 64
+    rate_limit_tier: str = ""
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+    safety_margin_tokens: int = 2048
+    reserved_output_tokens: int = 0
+
+    # Parsing limits for the child process that opens untrusted files.
+    parse_cpu_seconds: int = 60
+    parse_memory_bytes: int = 280 * 1024 * 1024  # private memory of one parsing process
+    parse_wall_seconds: float = 120.0
+
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = 15.0
+    # Seconds after the first attempt; the Standard Webhooks schedule by default.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_sweep_interval_s: float = 5.0
+
+    # Prefix of every broker key: instances with different data dirs can share one Redis.
+    queue_prefix: str = ""
+    task_max_attempts: int = 5
+    visibility_timeout_s: int = 3600
+    log_level: str = "INFO"
+
+    @field_validator("webhook_allowed_networks", "webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                import json
+
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'longdoc.db').resolve()}"
+
+    @property
+    def storage_root(self) -> Path:
+        if self.storage_url.startswith("file://"):
+            return Path(self.storage_url.removeprefix("file://"))
+        if self.storage_url:
+            return Path(self.storage_url)
+        return (self.data_dir / "files").resolve()
+
+    @property
+    def resolved_queue_prefix(self) -> str:
+        if self.queue_prefix:
+            return self.queue_prefix
+        import hashlib
+
+        digest = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"longdoc-{digest}:"
+
+    @property
+    def resolved_api_key(self) -> str:
+        return (
+            self.model_api_key
+            or os.environ.get("OPPER_API_KEY", "")
+            or os.environ.get("OPENAI_API_KEY", "")
+        )
+
+    @property
+    def resolved_base_url(self) -> str:
+        if self.model_base_url:
+            return self.model_base_url
+        if self.model_preset in MODEL_PRESETS:
+            return MODEL_PRESETS[self.model_preset][0]
+        if os.environ.get("OPPER_API_KEY") and not self.model_api_key:
+            return MODEL_PRESETS["opper"][0]
+        return MODEL_PRESETS["openai"][0]
+
+    @property
+    def resolved_model_id(self) -> str:
+        """The model name sent on the wire (the gateway may prefix it)."""
+        if self.model_id:
+            return self.model_id
+        if "opper.ai" in self.resolved_base_url:
+            return f"openai/{self.model}"
+        return self.model
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,99 @@
+"""Queries and writes about jobs and their documents, shared by the API and the stages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schemas.api import JobCreate
+from schemas.errors import ErrorCode, LongdocError
+from schemas.tasks import Task
+from service.core.jobs import JOB_OPTIONS, DocumentPages, JobSpec, plan_view
+from service.core.planner import Plan
+from service.store.db import UnitOfWork
+from service.store.models import (
+    Chunk,
+    Document,
+    DocumentStatus,
+    Job,
+    JobDocument,
+    JobStatus,
+    new_id,
+    utcnow,
+)
+
+
+def job_spec(job: Job) -> JobSpec:
+    return JobSpec(schema=job.schema, instructions=job.instructions, options=job.options or {})
+
+
+def document_pages(doc: Document) -> DocumentPages:
+    return DocumentPages(media_type=doc.media_type, page_index=doc.page_index or [],
+                         pages_key=doc.pages_key)
+
+
+def new_job(tenant_id: str, body: JobCreate, profile: str) -> Job:
+    options = {k: getattr(body, k) for k in JOB_OPTIONS if getattr(body, k) is not None}
+    return Job(id=new_id("job"), tenant_id=tenant_id, status=JobStatus.QUEUED,
+               schema=body.json_schema, instructions=body.instructions,
+               webhook_url=body.webhook_url, options=options, profile=profile)
+
+
+def owned_documents(session: Session, tenant_id: str, ids: Sequence[str]) -> list[Document]:
+    if len(set(ids)) != len(ids):
+        raise LongdocError(ErrorCode.INVALID_REQUEST, "document_ids contains duplicates")
+    found = {d.id: d for d in session.scalars(select(Document).where(Document.id.in_(ids)))}
+    docs = []
+    for doc_id in ids:
+        doc = found.get(doc_id)
+        if doc is None or doc.tenant_id != tenant_id:
+            raise LongdocError(ErrorCode.NOT_FOUND, f"document {doc_id} not found")
+        docs.append(doc)
+    return docs
+
+
+def first_failed(docs: Sequence[Document]) -> Document | None:
+    return next((d for d in docs if d.status == DocumentStatus.FAILED), None)
+
+
+def attach_documents(session: Session, job: Job, docs: Sequence[Document]) -> None:
+    for position, doc in enumerate(docs, start=1):
+        session.add(JobDocument(job_id=job.id, document_id=doc.id, position=position))
+
+
+def job_document_ids(session: Session, job_id: str) -> list[str]:
+    return list(session.scalars(select(JobDocument.document_id)
+                                .where(JobDocument.job_id == job_id)
+                                .order_by(JobDocument.position)))
+
+
+def job_documents(session: Session, job_id: str) -> list[Document]:
+    return list(session.scalars(
+        select(Document).join(JobDocument, JobDocument.document_id == Document.id)
+        .where(JobDocument.job_id == job_id).order_by(JobDocument.position)))
+
+
+def jobs_waiting_on(session: Session, document_id: str) -> list[Job]:
+    """Queued jobs that read the document: they start (or fail) when it is ingested."""
+    return list(session.scalars(
+        select(Job).join(JobDocument, JobDocument.job_id == Job.id)
+        .where(JobDocument.document_id == document_id, Job.status == JobStatus.QUEUED)))
+
+
+def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]) -> None:
+    """Marks the job running with one chunk row per planned call, each sent once committed."""
+    job.status, job.started_at = JobStatus.RUNNING, utcnow()
+    job.plan = plan_view(plan, document_ids)
+    job.chunks_total, job.chunks_done = len(plan.chunks), 0
+    for i, chunk in enumerate(plan.chunks):
+        row = Chunk(id=new_id("chk"), job_id=job.id, ordinal=f"{i:05d}",
+                    parts=[p.as_json() for p in chunk.parts], predicted_tokens=chunk.prompt_tokens)
+        uow.session.add(row)
+        uow.send(Task.EXTRACT_CHUNK, row.id)
+
+
+def lock_job(session: Session, job_id: str) -> Job:
+    """The job row, locked for this transaction (SQLite's writers are serialised already)."""
+    return session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()

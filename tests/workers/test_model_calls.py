@@ -1,0 +1,146 @@
+"""Model calls under failure and limits: dead workers, 5xx storms, dropped connections, TPM."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.support.stack import Stack, start_stack, upload, wait_document, wait_job, wait_until
+
+SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"},
+                                                                 "amount": {"type": "number"}}}
+
+
+def png(seed: int = 0, size=(640, 480)) -> bytes:
+    img = Image.new("RGB", size, (seed % 255, 80, 160))
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def submit(client, doc_id: str, **options) -> str:  # type: ignore[no-untyped-def]
+    response = client.post("/v1/jobs", json={"document_ids": [doc_id], "schema": SCHEMA, **options})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
+    s = start_stack(tmp_path, env_extra={"LONGDOC_VISIBILITY_TIMEOUT_S": "6"},
+                    sandbox_args=["--ttft-s", "2.5"])
+    try:
+        with s.client(s.create_key("kill")["api_key"]) as client:
+            doc = upload(client, "a.png", data=png()).json()
+            wait_document(client, doc["id"])
+            job_id = submit(client, doc["id"])
+            wait_until(lambda: s.sandbox_stats()["in_flight"] >= 1, 30, "the model call to start")
+            s.kill("model")  # kill -9 of the whole worker while its call is in flight
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+            s.start_worker("model", name="model-2")
+            job = wait_job(client, job_id, 90)
+            assert job["status"] == "succeeded", job
+            calls = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+            assert len(calls) == 1, "the killed call was never recorded; its rerun once"
+            assert job["usage"]["prompt_tokens"] == calls[0]["prompt_tokens"]
+            assert job["usage"]["completion_tokens"] == calls[0]["completion_tokens"]
+            assert s.sandbox_stats()["requests"] == 2
+            assert client.get(f"/v1/jobs/{job_id}/result").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_every_job_succeeds_through_503s_and_dropped_connections(stack: Stack, tenant) -> None:
+    stack.sandbox(error_rate=0.3, drop_rate=0.1, seed=5)
+    try:
+        with stack.client(tenant["api_key"]) as client:
+            doc = upload(client, "a.png", data=png(1)).json()
+            wait_document(client, doc["id"])
+            jobs = [submit(client, doc["id"], instructions=f"Job {i}.") for i in range(20)]
+            ended = [wait_job(client, job_id, 120) for job_id in jobs]
+            assert [j["status"] for j in ended] == ["succeeded"] * 20
+            stats = stack.sandbox_stats()
+            assert stats["errors"] >= 3 and stats["dropped"] >= 1, stats
+            for job in ended:  # usage of the answered call only
+                assert len(client.get(f"/v1/jobs/{job['id']}/calls").json()["calls"]) == 1
+    finally:
+        stack.sandbox()
+
+
+def test_one_worker_keeps_many_calls_in_flight(stack: Stack, tenant) -> None:
+    stack.sandbox(ttft_s=1.5)
+    try:
+        with stack.client(tenant["api_key"]) as client:
+            doc = upload(client, "a.png", data=png(2)).json()
+            wait_document(client, doc["id"])
+            jobs = [submit(client, doc["id"], instructions=f"Batch {i}.") for i in range(60)]
+            assert all(wait_job(client, j, 120)["status"] == "succeeded" for j in jobs)
+            # Calls overlap instead of queueing behind each other: latency is hidden.
+            assert stack.sandbox_stats()["max_in_flight"] >= 40
+    finally:
+        stack.sandbox()
+
+
+def test_a_small_tpm_limit_is_waited_for_not_hit(tmp_path) -> None:
+    s = start_stack(tmp_path, env_extra={"LONGDOC_RATE_LIMIT_TPM": "24000",
+                                        "LONGDOC_RATE_LIMIT_RPM": "300"},
+                    sandbox_args=["--tpm", "24000", "--rpm", "300"])
+    try:
+        with s.client(s.create_key("tpm")["api_key"]) as client:
+            doc = upload(client, "a.png", data=png(3)).json()
+            wait_document(client, doc["id"])
+            jobs = [submit(client, doc["id"], instructions=f"Limit {i}.", max_output_tokens=256)
+                    for i in range(30)]
+            ended = [wait_job(client, j, 120) for j in jobs]
+            assert [j["status"] for j in ended] == ["succeeded"] * 30
+            charged = sum(j["usage"]["prompt_tokens"] for j in ended)
+            assert charged > 24000, "more than one minute's budget: the limiter had to wait"
+            # Without the shared limiter the sandbox would have refused a stream of these.
+            assert s.sandbox_stats()["rate_limited"] <= 2
+    finally:
+        s.stop()
+
+
+def test_gateway_cost_is_recorded_beside_ours(stack: Stack, tenant) -> None:
+    stack.sandbox(gateway_cost=True)
+    try:
+        with stack.client(tenant["api_key"]) as client:
+            doc = upload(client, "a.png", data=png(4)).json()
+            wait_document(client, doc["id"])
+            job = wait_job(client, submit(client, doc["id"]))
+            assert job["gateway_cost_usd"] == pytest.approx(job["cost_usd"], rel=1e-6)
+    finally:
+        stack.sandbox()
+
+
+def test_refused_credentials_fail_the_job_without_retrying(stack: Stack, tenant) -> None:
+    stack.sandbox(api_key="a-different-key")
+    try:
+        with stack.client(tenant["api_key"]) as client:
+            doc = upload(client, "a.png", data=png(5)).json()
+            wait_document(client, doc["id"])
+            before = stack.sandbox_stats()["requests"]
+            job = wait_job(client, submit(client, doc["id"]))
+            assert job["status"] == "failed"
+            assert job["error"]["code"] == "model_auth_failed"
+            assert stack.sandbox_stats()["requests"] - before == 1
+    finally:
+        stack.sandbox()
+
+
+def test_a_task_that_keeps_failing_ends_its_job_instead_of_leaving_it_running(stack: Stack, tenant) -> None:
+    import sqlite3
+
+    from service.store.storage import LocalStorage
+
+    with stack.client(tenant["api_key"]) as client:
+        doc = upload(client, "lost.png", data=png(6, size=(320, 200))).json()
+        wait_document(client, doc["id"])
+        db = sqlite3.connect(stack.data_dir / "longdoc.db")
+        (pages_key,) = db.execute("SELECT pages_key FROM documents WHERE id = ?", (doc["id"],)).fetchone()
+        db.close()
+        LocalStorage(stack.data_dir / "files").path(pages_key).unlink()  # storage lost the pages
+        job = wait_job(client, submit(client, doc["id"]), 60)
+        assert job["status"] == "failed"
+        assert job["error"]["code"] == "internal_error"
+        assert "FileNotFoundError" in job["error"]["message"]

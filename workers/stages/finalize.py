@@ -1,0 +1,103 @@
+"""Finalize: merge the chunks' answers in page order (``merge: "model"`` asks the model to pick
+between conflicting values), validate against the user's own schema, store, end the job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+
+from schemas.errors import ErrorCode
+from schemas.strict import drop_optional_nulls, validation_errors
+from service.core.logs import log
+from service.core.merge import Conflict, MergeOutcome, apply_choices, merge_answers
+from service.core.prompt import count_request, format_fields
+from service.store.db import UnitOfWork
+from service.store.jobs import lock_job
+from service.store.models import Chunk, ChunkStatus, Job, JobStatus, Result
+from workers.context import WorkerContext
+from workers.model_client import CallResult, ModelCallFailed
+from workers.stages.common import fail_job, finish_job, record_call
+
+RESOLVE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["choices"],
+    "properties": {"choices": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["path", "index"],
+        "properties": {"path": {"type": "string"}, "index": {"type": "integer"}}}}},
+}
+
+
+def resolve_conflicts(ctx: WorkerContext, job: Job,
+                      conflicts: list[Conflict]) -> tuple[dict[str, Any], CallResult]:
+    """``merge: "model"``: one small call picks a value for each conflicting field."""
+    listing = "\n\n".join(
+        f"path: {c.path}\n" + "\n".join(f"index {i}: {json.dumps(v, ensure_ascii=False)}"
+                                         for i, v in enumerate(c.values))
+        for c in conflicts)
+    body = {
+        "model": ctx.settings.resolved_model_id,
+        "messages": [
+            {"role": "system", "content": "Parts of a long document gave different values for "
+             "the same field. For each field, choose the index of the value that best answers it "
+             "for the whole document." + (f"\n\nInstructions:\n{job.instructions}"
+                                          if job.instructions else "")},
+            {"role": "user", "content": listing}],
+        **format_fields(RESOLVE_SCHEMA, "json_schema"),
+        "max_completion_tokens": min(4096, ctx.profile.max_output_tokens), "temperature": 0,
+    }
+    call = ctx.client.complete(body, prompt_tokens=count_request(body, ctx.profile))
+    chosen: dict[str, Any] = {}
+    by_path = {c.path: c for c in conflicts}
+    for choice in json.loads(call.content or "{}").get("choices", []):
+        conflict = by_path.get(choice.get("path"))
+        if conflict is not None and 0 <= choice.get("index", -1) < len(conflict.values):
+            chosen[conflict.path] = conflict.values[choice["index"]]
+    return chosen, call
+
+
+def finalize_job(ctx: WorkerContext, job_id: str) -> None:
+    with ctx.unit_of_work() as uow:
+        job = uow.session.get(Job, job_id)
+        if job is None or job.status != JobStatus.RUNNING:
+            return
+        chunks = uow.session.scalars(
+            select(Chunk).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.DONE)
+            .order_by(Chunk.ordinal)).all()
+        answers = [c.result["answer"] for c in chunks if c.result]
+    outcome = merge_answers(answers, job.schema)
+    call: CallResult | None = None
+    resolved: dict[str, Any] = {}
+    if (job.options or {}).get("merge") == "model" and outcome.conflicts:
+        try:
+            resolved, call = resolve_conflicts(ctx, job, outcome.conflicts)
+        except (ModelCallFailed, ValueError) as exc:
+            log.warning("job.merge.model_failed", job_id=job_id, error=str(exc))
+    with ctx.unit_of_work() as uow:
+        job = lock_job(uow.session, job_id)
+        if job.status != JobStatus.RUNNING or uow.session.get(Result, job_id) is not None:
+            return
+        row = record_call(job, None, call, 0, ctx.profile)
+        if row is not None:
+            uow.session.add(row)
+        store_result(uow, job, outcome, resolved)
+
+
+def store_result(uow: UnitOfWork, job: Job, outcome: MergeOutcome,
+                 resolved: dict[str, Any]) -> None:
+    """Validates the merged answer against the user's own schema and ends the job."""
+    data = drop_optional_nulls(apply_choices(outcome.data, resolved), job.schema)
+    errors = validation_errors(data, job.schema)
+    if errors:
+        fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID,
+                 "the answer does not match the schema: " + "; ".join(errors))
+        return
+    warnings = []
+    for conflict in outcome.conflicts:
+        entry = conflict.as_json()
+        if conflict.path in resolved:
+            entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
+        warnings.append(entry)
+    uow.session.add(Result(job_id=job.id, data=data, warnings=warnings))
+    finish_job(uow, job, JobStatus.SUCCEEDED)
+    log.info("job.succeeded", job_id=job.id, cost_usd=job.cost_usd)

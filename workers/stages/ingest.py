@@ -1,0 +1,87 @@
+"""Ingestion: parse the stored file in an isolated child into a pages artifact, record the page
+index on the document, then start (or fail) the jobs that were waiting for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.errors import ErrorCode
+from schemas.tasks import Task
+from service.core.logs import log
+from service.core.pages import page_info, save_pages
+from service.store.jobs import jobs_waiting_on
+from service.store.models import Document, DocumentStatus
+from workers.context import WorkerContext
+from workers.isolation import run_isolated
+from workers.parsing import ParseError, PdfOptions, parse_document
+from workers.stages.common import fail_jobs_waiting_on
+
+
+def parse_in_child(ctx: WorkerContext, doc: Document, render_all: bool = False) -> dict[str, Any]:
+    """The document's pages artifact key, page index and text tokens, parsed in a child process
+    with CPU-time and memory limits."""
+    settings, storage = ctx.settings, ctx.storage
+    path = str(storage.path(doc.sha256))
+    options = PdfOptions(password=doc.password, max_pages=settings.max_pages,
+                         render_all=render_all)
+
+    def work() -> dict[str, Any]:
+        pages = parse_document(path, doc.media_type, storage, options)
+        return {"pages_key": save_pages(storage, pages),
+                "index": [page_info(p).as_row() for p in pages],
+                "tokens": sum(p.text_tokens for p in pages)}
+
+    result: dict[str, Any] = run_isolated(
+        work, cpu_s=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_bytes,
+        wall_s=settings.parse_wall_seconds)
+    return result
+
+
+def ingest_document(ctx: WorkerContext, document_id: str) -> None:
+    with ctx.unit_of_work() as uow:
+        doc = uow.session.get(Document, document_id)
+        if doc is None or doc.status != DocumentStatus.PROCESSING:
+            return
+        doc.attempts += 1
+        attempts = doc.attempts
+    outcome: dict[str, Any] | None = None
+    error: tuple[str, str] | None = None
+    if attempts > ctx.settings.task_max_attempts:
+        error = (ErrorCode.DOCUMENT_UNREADABLE, "ingestion was interrupted too many times")
+    else:
+        try:
+            # The password is forgotten after this: render every page now, in case a job
+            # reads them as images later.
+            outcome = parse_in_child(ctx, doc, render_all=bool(doc.password))
+        except ParseError as exc:
+            error = (exc.code, exc.message)
+    with ctx.unit_of_work() as uow:
+        doc = uow.session.get(Document, document_id)
+        assert doc is not None
+        doc.password = None
+        if outcome is not None:
+            doc.status, doc.pages_key = DocumentStatus.READY, outcome["pages_key"]
+            doc.page_index, doc.pages = outcome["index"], len(outcome["index"])
+            doc.tokens = outcome["tokens"]
+            log.info("document.ready", document_id=doc.id, pages=doc.pages, tokens=doc.tokens)
+        else:
+            assert error is not None
+            doc.status, doc.error_code, doc.error_message = DocumentStatus.FAILED, *error
+            log.info("document.failed", document_id=doc.id, code=error[0])
+    with ctx.unit_of_work() as uow:
+        # After the commit: a job created meanwhile either saw "ready" or is found here.
+        if error is not None:
+            fail_jobs_waiting_on(uow, document_id, f"{error[0]}: {error[1]}")
+        else:
+            for job in jobs_waiting_on(uow.session, document_id):
+                uow.send(Task.PLAN_JOB, job.id)
+
+
+def ensure_page_images(ctx: WorkerContext, doc: Document) -> None:
+    """Renders every page once for jobs that read pages as images (``pages_as_images``)."""
+    outcome = parse_in_child(ctx, doc, render_all=True)
+    with ctx.unit_of_work() as uow:
+        row = uow.session.get(Document, doc.id)
+        assert row is not None
+        row.pages_key, row.page_index = outcome["pages_key"], outcome["index"]
+        doc.pages_key, doc.page_index = row.pages_key, row.page_index

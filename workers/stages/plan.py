@@ -1,0 +1,62 @@
+"""Planning for jobs whose documents were not ready when the job was created (or that need
+page renders): the budget, the fewest balanced chunks, one chunk row and task per call."""
+
+from __future__ import annotations
+
+from schemas.errors import ErrorCode, LongdocError
+from service.core.jobs import check_cost, make_plan, needs_page_renders
+from service.core.planner import Plan
+from service.store.jobs import (
+    document_pages,
+    first_failed,
+    job_documents,
+    job_spec,
+    lock_job,
+    start_job,
+)
+from service.store.models import DocumentStatus, Job, JobStatus
+from workers.context import WorkerContext
+from workers.parsing import ParseError
+from workers.stages.common import fail_job
+from workers.stages.ingest import ensure_page_images
+
+
+def plan_job(ctx: WorkerContext, job_id: str) -> None:
+    with ctx.unit_of_work() as uow:
+        job = uow.session.get(Job, job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return
+        docs = job_documents(uow.session, job_id)
+        failed = first_failed(docs)
+        if failed is not None:
+            fail_job(uow, job, ErrorCode.DOCUMENT_FAILED,
+                     f"document {failed.id} failed: {failed.error_code}")
+            return
+        if any(d.status != DocumentStatus.READY for d in docs):
+            return  # the last document to be ready sends this task again
+        job.attempts += 1
+        if job.attempts > ctx.settings.task_max_attempts:
+            fail_job(uow, job, ErrorCode.PLANNING_FAILED, "planning was interrupted too often")
+            return
+    spec = job_spec(job)
+    plan: Plan | None = None
+    try:
+        if spec.options.get("pages_as_images"):
+            for doc in docs:
+                if needs_page_renders(document_pages(doc)):
+                    ensure_page_images(ctx, doc)
+        plan = make_plan(spec, [document_pages(d) for d in docs], ctx.profile, ctx.settings,
+                         ctx.storage)
+        check_cost(spec, plan, ctx.profile, ctx.settings)
+        error = None
+    except (LongdocError, ParseError) as exc:
+        error = exc
+    with ctx.unit_of_work() as uow:
+        job = lock_job(uow.session, job_id)
+        if job.status != JobStatus.QUEUED:
+            return
+        if error is not None or plan is None:
+            assert error is not None
+            fail_job(uow, job, error.code, error.message)
+            return
+        start_job(uow, job, plan, [d.id for d in docs])
