@@ -25,9 +25,10 @@ test-services:
 	scripts/ensure-services.sh redis postgresql
 
 # Starts the API, the workers, beat and (without a model API key) the sandbox model.
-# Loopback webhook targets are allowed here so a local receiver can be used.
+# Loopback webhook targets and upload URLs are allowed here so local servers can be used.
 run: setup services
 	LONGDOC_WEBHOOK_ALLOWED_NETWORKS="$${LONGDOC_WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}" \
+	LONGDOC_URL_ALLOWED_NETWORKS="$${LONGDOC_URL_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}" \
 		$(BIN)/longdoc run
 
 test: setup test-services

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,7 @@ class ErrorBody(BaseModel):
 class DocumentOut(BaseModel):
     id: str
     filename: str | None = None
+    source_url: str | None = None
     sha256: str
     media_type: str
     bytes: int
@@ -49,10 +50,23 @@ class DocumentOut(BaseModel):
     created_at: datetime
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+DocumentId = Annotated[str, Field(pattern=r"^doc_[0-9a-f]{24}$")]
 
-    document_ids: list[str] = Field(min_length=1, max_length=100)
+
+class DocumentFromUrl(BaseModel):
+    """``POST /v1/documents`` with a JSON body: the service fetches the file itself."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(max_length=2000)
+    password: str | None = Field(default=None, max_length=4096)
+
+
+class JobCreate(BaseModel):
+    # Strict: numbers are numbers (no "5", no true), finite, and nothing unknown is accepted.
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", strict=True)
+
+    document_ids: list[DocumentId] = Field(min_length=1, max_length=100)
     json_schema: dict[str, Any] = Field(alias="schema")
     instructions: str | None = Field(default=None, max_length=100_000)
     webhook_url: str | None = Field(default=None, max_length=2000)
@@ -60,9 +74,9 @@ class JobCreate(BaseModel):
     merge: Literal["auto", "model"] = "auto"
     image_detail: Literal["auto", "low", "high"] = "auto"
     pages_as_images: bool = False
-    max_tokens_per_call: int | None = Field(default=None, ge=4096)
-    max_output_tokens: int | None = Field(default=None, ge=256)
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens_per_call: int | None = Field(default=None, ge=4096, le=100_000_000)
+    max_output_tokens: int | None = Field(default=None, ge=256, le=10_000_000)
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     dry_run: bool = False
 
 

@@ -21,6 +21,7 @@ class Task(StrEnum):
     FINALIZE_JOB = "longdoc.finalize_job"
     DELIVER_WEBHOOK = "longdoc.deliver_webhook"
     SWEEP = "longdoc.sweep"
+    COLLECT_BLOBS = "longdoc.collect_blobs"
 
     @property
     def queue(self) -> Queue:
@@ -34,6 +35,7 @@ _QUEUES = {
     Task.FINALIZE_JOB: Queue.MODEL,
     Task.DELIVER_WEBHOOK: Queue.MODEL,
     Task.SWEEP: Queue.CPU,
+    Task.COLLECT_BLOBS: Queue.CPU,
 }
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import httpx
 
-from service.core.settings import get_settings
+from service.core.settings import Settings, get_settings
 from service.store.db import Database
 
 
@@ -54,7 +54,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     from service.store.migrate import upgrade
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.ensure_data_dir()
     upgrade()
     return 0
 
@@ -122,10 +122,27 @@ def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
 
+def dev_key(settings: Settings) -> tuple[str, str]:
+    """The development key of tenant 'dev', made once and kept (0600) in the data dir: each
+    start of `longdoc run` shows the same key instead of minting another."""
+    from service.store.keys import create_key, tenant_for_key
+
+    path = settings.ensure_data_dir() / "dev-api-key"
+    with _database().unit_of_work() as uow:
+        key = path.read_text().strip() if path.exists() else ""
+        tenant = tenant_for_key(uow.session, key) if key else None
+        if tenant is None:
+            tenant, key = create_key(uow.session, "dev")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key + "\n")
+        return key, tenant.webhook_secret
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Starts everything on one machine: API, workers, beat and, without a key, the sandbox."""
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.ensure_data_dir()
     cmd_migrate(args)
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
@@ -144,11 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     try:
         _wait_http(f"{url}/healthz", 60, procs)
-        from service.store.keys import create_key
-
-        with _database().unit_of_work() as uow:
-            tenant, key = create_key(uow.session, "dev")
-            secret = tenant.webhook_secret
+        key, secret = dev_key(settings)
         print(f"\nlongdoc is running at {url}\n  OpenAPI docs: {url}/docs\n"
               f"  development API key (tenant 'dev'): {key}\n  webhook secret: {secret}\n"
               f"  {sandbox_note or 'model: ' + settings.resolved_base_url}\n"
@@ -207,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # the database, stored files and keys are the service user's alone
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:  # its own options, help included, belong to the sandbox
         return cmd_sandbox(argparse.Namespace(sandbox_args=argv[1:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -10,7 +11,9 @@ from service.core.logs import configure_logging
 from service.core.settings import get_settings
 from service.store.queue import make_celery
 
+os.umask(0o077)  # stored files and page renders are the service user's alone
 settings = get_settings()
+settings.ensure_data_dir()
 configure_logging(settings.log_level)
 app = make_celery(settings)
 app.conf.include = ["workers.tasks"]

@@ -66,3 +66,8 @@ def deliver_webhook(delivery_id: str) -> None:
 @shared_task(name=Task.SWEEP.value)
 def run_sweep() -> None:
     sweep.sweep(context())
+
+
+@shared_task(name=Task.COLLECT_BLOBS.value)
+def collect_blobs() -> None:
+    sweep.collect_blobs(context())

@@ -1,28 +1,15 @@
-"""Posts webhook events: no redirects, and a connection only to addresses that pass the check
-made when the socket connects (DNS rebinding cannot slip a private address in)."""
+"""Posts webhook events: no redirects, a timeout, and a connection only to addresses that pass
+the check made when the socket connects (``service.core.outbound``)."""
 
 from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import httpcore
 
-from service.core.webhooks import WebhookTargetRefused, resolve_checked
-
-
-class GuardedBackend(httpcore.SyncBackend):
-    def __init__(self, allowed: list[str]) -> None:
-        self.allowed = allowed
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        address = resolve_checked(host, port, self.allowed)
-        return super().connect_tcp(address, port, timeout, local_address, socket_options)
+from service.core.outbound import GuardedBackend, TargetRefused, parse_url
 
 
 @dataclass
@@ -30,11 +17,10 @@ class SendOutcome:
     status_code: int | None
     error: str | None
     duration_ms: int
+    retry: bool = True  # False: this delivery can never be attempted (a malformed URL)
 
 
 class WebhookSender:
-    """Posts events; follows no redirects; a connection only to addresses that pass the check."""
-
     def __init__(self, allowed: list[str], timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.pool = httpcore.ConnectionPool(
@@ -43,15 +29,24 @@ class WebhookSender:
 
     def send(self, url: str, headers: dict[str, str], body: str) -> SendOutcome:
         started = time.monotonic()
+
+        def outcome(code: int | None, error: str | None, retry: bool = True) -> SendOutcome:
+            return SendOutcome(code, error, int((time.monotonic() - started) * 1000), retry)
+
+        try:
+            target = parse_url(url)
+        except TargetRefused as exc:
+            return outcome(None, f"refused: {exc.message}", retry=False)
         timeout = {"connect": self.timeout_s, "read": self.timeout_s,
                    "write": self.timeout_s, "pool": self.timeout_s}
         try:
-            response = self.pool.request("POST", url, headers=list(headers.items()), content=body.encode(),
-                                         extensions={"timeout": timeout})
-            code, error = response.status, None
-        except WebhookTargetRefused as exc:
-            code, error = None, f"refused: {exc}"
+            response = self.pool.request("POST", target.url, headers=list(headers.items()),
+                                         content=body.encode(), extensions={"timeout": timeout})
+            return outcome(response.status, None)
+        except TargetRefused as exc:
+            return outcome(None, f"refused: {exc.message}")
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                 httpcore.UnsupportedProtocol, OSError) as exc:
-            code, error = None, f"{type(exc).__name__}: {exc}"[:500]
-        return SendOutcome(code, error, int((time.monotonic() - started) * 1000))
+            return outcome(None, f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed attempt, never a loop
+            return outcome(None, f"cannot be attempted: {type(exc).__name__}", retry=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 
 from service.api.deps import Services
@@ -16,7 +18,9 @@ from service.store.storage import open_storage
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    os.umask(0o077)  # stored files are the service user's alone
     settings = settings or get_settings()
+    settings.ensure_data_dir()
     configure_logging(settings.log_level)
     app = FastAPI(title="longdoc", version="0.1.0",
                   description="Long documents to validated JSON with long-context LLMs.")

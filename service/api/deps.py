@@ -4,6 +4,7 @@ tenant its API key authenticates."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -30,6 +31,10 @@ class Services:
     queue: TaskQueue
     profile: ModelProfile
 
+    def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
+        """A short write transaction; its tasks are sent once it has committed."""
+        return self.db.unit_of_work(self.queue)
+
 
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
@@ -39,25 +44,18 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_uow(request: Request, services: ServicesDep) -> Iterator[UnitOfWork]:
-    """A unit of work per request: reads begin deferred (on SQLite they never wait for a
-    writer); a route that writes calls ``uow.commit()``, which then sends its tasks."""
-    uow = UnitOfWork(services.db.session(readonly=request.method in ("GET", "HEAD")),
-                     services.queue)
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    """The request's reads (authentication included): a deferred transaction that never takes
+    the write lock, so slow checks never hold up other writers. Writes go through a short
+    ``services.unit_of_work()`` of their own."""
+    session = services.db.session(readonly=True)
     try:
-        yield uow
+        yield session
     finally:
-        uow.session.close()
+        session.close()
 
 
-UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_uow)]
-
-
-def _session(uow: UnitOfWorkDep) -> Session:
-    return uow.session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
+SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def current_tenant(request: Request, session: SessionDep) -> Tenant:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.errors import ErrorCode, LongdocError
+from service.core.logs import log
 
 STATUS: dict[str, int] = {
     ErrorCode.UNAUTHORIZED: 401,
@@ -56,6 +57,12 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{loc or 'body'}: {err.get('msg')}")
         return error_response(422, ErrorCode.INVALID_REQUEST, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug or an outage still answers in the one shape, and never with internals.
+        log.error("api.unexpected_error", error=type(exc).__name__)
+        return error_response(500, ErrorCode.INTERNAL_ERROR, "internal error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

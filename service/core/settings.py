@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -30,7 +32,15 @@ class Settings(BaseSettings):
     storage_url: str = ""
 
     max_upload_bytes: int = 200 * 1024 * 1024
+    max_json_bytes: int = 4 * 1024 * 1024  # JSON request bodies (a job's schema lives here)
     max_pages: int = 5000
+    # Encrypts what must be kept for a while but never in clear (PDF passwords). Without it, a
+    # key is made once in the data dir (0600): set it for workers on several machines.
+    secret_key: str = ""
+    # Stored files no row refers to (a crash between storing and recording) are removed
+    # after the grace period, by a sweep this often.
+    blob_gc_interval_s: float = 3600.0
+    blob_gc_grace_s: float = 3600.0
 
     # Model endpoint. ``model_preset`` picks base URL and id; explicit values win.
     model_preset: str = ""
@@ -56,6 +66,9 @@ class Settings(BaseSettings):
 
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
+    # Uploads by URL: the same guard as webhooks, with an allow-list of their own.
+    url_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    url_fetch_timeout_s: float = 30.0
     # Seconds after the first attempt; the Standard Webhooks schedule by default.
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
@@ -68,7 +81,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
 
-    @field_validator("webhook_allowed_networks", "webhook_retry_schedule", mode="before")
+    @field_validator("webhook_allowed_networks", "url_allowed_networks", "webhook_retry_schedule",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -79,12 +93,33 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("webhook_allowed_networks")
+    @field_validator("webhook_allowed_networks", "url_allowed_networks")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+    def ensure_data_dir(self) -> Path:
+        """The data dir, created private to this user (0700)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.data_dir.stat().st_uid == os.getuid():
+            self.data_dir.chmod(0o700)
+        return self.data_dir
+
+    @property
+    def resolved_secret_key(self) -> bytes:
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.ensure_data_dir() / "secret.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes().strip()
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
 
     @property
     def resolved_database_url(self) -> str:

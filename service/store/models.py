@@ -74,11 +74,21 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+ID_PATTERN = r"^[a-z]{3}_[0-9a-f]{24}$"
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether ``value`` has the shape of an id we issue (checked before any lookup)."""
+    return (len(value) == len(prefix) + 25 and value.startswith(prefix + "_")
+            and all(c in "0123456789abcdef" for c in value[len(prefix) + 1:]))
+
+
 class Document(Base):
     __tablename__ = "documents"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     filename: Mapped[str | None] = mapped_column(String(500))
+    source_url: Mapped[str | None] = mapped_column(String(2000))  # uploaded by URL
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(100))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -89,13 +99,22 @@ class Document(Base):
     page_index: Mapped[list[Any] | None] = mapped_column(JSON)
     # Storage key of the extracted pages (text and image keys), so nothing parses the file again.
     pages_key: Mapped[str | None] = mapped_column(String(64))
-    # Held only until ingestion has opened the file, then cleared.
-    password: Mapped[str | None] = mapped_column(String(500))
+    # Encrypted (service.core.secrets), held only until ingestion has opened the file.
+    password_sealed: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DocumentBlob(Base):
+    """Stored files a document owns besides its upload (pages artifact, page images): a stored
+    file no row refers to is collected."""
+
+    __tablename__ = "document_blobs"
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class Job(Base):

@@ -40,6 +40,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         beat_schedule={
             "sweep": {"task": Task.SWEEP.value, "schedule": settings.webhook_sweep_interval_s},
+            "collect-blobs": {"task": Task.COLLECT_BLOBS.value,
+                              "schedule": settings.blob_gc_interval_s},
         },
     )
     return app

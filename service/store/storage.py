@@ -1,14 +1,23 @@
-"""Content-addressed blob storage behind a small interface (local disk now, S3 later)."""
+"""Content-addressed blob storage behind a small interface (local disk by default).
+
+A blob is written to a temporary file while it streams in, and filed under its SHA-256 only when
+its row is about to be committed (``commit``): a refused upload leaves nothing behind. Identical
+content is stored once. Files are private to the service's user (0600 in a 0700 tree).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from service.core.settings import Settings
+
+KEY_LENGTH = 64  # hex SHA-256
 
 
 class BlobWriter(Protocol):
@@ -30,6 +39,12 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None: ...
+
+    def delete_if_older(self, key: str, seconds: float) -> bool: ...
+
+    def keys_older_than(self, seconds: float) -> Iterator[str]: ...
+
 
 class LocalBlobWriter:
     """Streams a blob to a temporary file while hashing it; ``commit`` files it under its hash."""
@@ -37,7 +52,8 @@ class LocalBlobWriter:
     def __init__(self, storage: LocalStorage) -> None:
         self.storage = storage
         self.tmp = storage.root / "tmp" / secrets.token_hex(16)
-        self.file: BinaryIO | None = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.file: BinaryIO | None = os.fdopen(fd, "wb")
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -53,7 +69,11 @@ class LocalBlobWriter:
         self.file = None
         key = self.digest.hexdigest()
         final = self.storage.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            self.tmp.unlink(missing_ok=True)  # stored before: one copy is enough
+            os.utime(final)  # a fresh reference: not collected during the grace period
+            return key
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(self.tmp, final)
         return key
 
@@ -69,9 +89,11 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, key: str) -> Path:
+        if len(key) != KEY_LENGTH or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError("not a blob key")
         return self.root / key[:2] / key[2:4] / key
 
     def exists(self, key: str) -> bool:
@@ -84,12 +106,54 @@ class LocalStorage:
         return LocalBlobWriter(self)
 
     def put_bytes(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
-        if not self.exists(key):
-            writer = self.writer()
+        writer = self.writer()
+        try:
             writer.write(data)
-            writer.commit()
-        return key
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def delete_if_older(self, key: str, seconds: float) -> bool:
+        """Deletes the blob unless it was written (or stored again) in the last ``seconds``: an
+        upload of the same content touches it just before its row commits."""
+        path = self.path(key)
+        try:
+            if path.stat().st_mtime >= time.time() - seconds:
+                return False
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        """Stored keys last written more than ``seconds`` ago (and stale temporary files'
+        names, which ``delete_temporary`` removes)."""
+        cutoff = time.time() - seconds
+        for top in sorted(self.root.iterdir()):
+            if len(top.name) != 2 or not top.is_dir():
+                continue
+            for path in top.glob("*/*"):
+                try:
+                    if len(path.name) == KEY_LENGTH and path.stat().st_mtime < cutoff:
+                        yield path.name
+                except FileNotFoundError:
+                    continue
+
+    def delete_stale_temporary(self, seconds: float) -> int:
+        """Temporary files of uploads that never finished (a killed process)."""
+        cutoff, removed = time.time() - seconds, 0
+        for path in (self.root / "tmp").iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
 
 def open_storage(settings: Settings) -> LocalStorage:

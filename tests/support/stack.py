@@ -103,6 +103,7 @@ class Stack:
             "LONGDOC_MODEL_BASE_URL": f"{self.sandbox_url}/v1",
             "LONGDOC_MODEL_API_KEY": "sandbox-key",
             "LONGDOC_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+            "LONGDOC_URL_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
             "LONGDOC_WEBHOOK_RETRY_SCHEDULE": "0,0.5,1,1,1",
             "LONGDOC_WEBHOOK_SWEEP_INTERVAL_S": "1",
             "LONGDOC_MODEL_CONCURRENCY": str(self.model_concurrency),

@@ -41,7 +41,8 @@ def finish_job(uow: UnitOfWork, job: Job, status: JobStatus, code: str | None = 
     job.status, job.finished_at = status, utcnow()
     job.error_code, job.error_message = code, message
     if status == JobStatus.FAILED:
-        log.warning("job.failed", job_id=job.id, code=code, message=message)
+        # Codes and ids only: a message can quote what the model extracted.
+        log.warning("job.failed", job_id=job.id, code=code)
     if job.webhook_url and status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         uow.session.flush()
         view = job_out(job, job_document_ids(uow.session, job.id)).model_dump(mode="json")
@@ -101,7 +102,7 @@ def fail_after_error(ctx: WorkerContext, subject: Subject, object_id: str,
             doc = uow.session.get(Document, object_id)
             if doc is not None and doc.status == DocumentStatus.PROCESSING:
                 doc.status, doc.error_code = DocumentStatus.FAILED, ErrorCode.INTERNAL_ERROR
-                doc.error_message, doc.password = message, None
+                doc.error_message, doc.password_sealed = message, None
             fail_jobs_waiting_on(uow, object_id, message)
         elif subject == Subject.CHUNK:
             chunk = uow.session.get(Chunk, object_id)
@@ -110,4 +111,4 @@ def fail_after_error(ctx: WorkerContext, subject: Subject, object_id: str,
             job = uow.session.get(Job, object_id)
         if job is not None:
             fail_job(uow, job, ErrorCode.INTERNAL_ERROR, message)
-    log.error("task.failed", kind=subject, id=object_id, error=repr(error))
+    log.error("task.failed", kind=subject, id=object_id, error=type(error).__name__)

@@ -58,7 +58,7 @@ def deliver_webhook(ctx: WorkerContext, delivery_id: str) -> None:
             delivery.status, delivery.next_attempt_at = DeliveryStatus.DELIVERED, None
         elif code == 410:  # the receiver said stop
             delivery.status, delivery.next_attempt_at = DeliveryStatus.DISABLED, None
-        elif delivery.attempts >= len(settings.webhook_retry_schedule):
+        elif not outcome.retry or delivery.attempts >= len(settings.webhook_retry_schedule):
             delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
         else:
             delay = _jittered(settings.webhook_retry_schedule[delivery.attempts])

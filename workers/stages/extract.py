@@ -26,7 +26,7 @@ from service.store.storage import LocalStorage
 from workers.context import WorkerContext
 from workers.model_client import CallResult, ModelCallFailed, RequestTooLarge
 from workers.stages.common import fail_job, record_call
-from workers.stages.finalize import store_result
+from workers.stages.finalize import PreparedResult, prepare_result, store_result
 
 
 def _data_url(storage: LocalStorage, key: str, media_type: str | None) -> str:
@@ -129,6 +129,9 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
             return
         docs = job_documents(uow.session, job.id)
         parts = [Part.from_json(p) for p in chunk.parts]
+        # The common case, one call: nothing to merge, so the job can end in the transaction
+        # that records the answer (validated before it opens).
+        single = job.chunks_total == 1 and (job.options or {}).get("merge") != "model"
     call: CallResult | None = None
     failure: ModelCallFailed | None = None
     too_large = False
@@ -141,6 +144,16 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
         failure = exc
     except PlanningError as exc:
         failure = ModelCallFailed(exc.code, exc.message)
+    answer: Any = None
+    invalid: str | None = None
+    prepared: PreparedResult | None = None
+    if call is not None and call.finish_reason != "length" and not call.refusal:
+        try:
+            answer = answer_json(call)
+            if single:
+                prepared = prepare_result(job.schema, merge_answers([answer], job.schema), {})
+        except ValueError as exc:
+            invalid = f"the answer is not JSON: {exc}"
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, chunk.job_id)
         chunk = uow.session.get(Chunk, chunk_id)
@@ -167,19 +180,15 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
         if call.refusal:
             fail_job(uow, job, ErrorCode.MODEL_REFUSED, call.refusal)
             return
-        try:
-            answer = answer_json(call)
-        except ValueError as exc:
-            fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID, f"the answer is not JSON: {exc}")
+        if invalid is not None:
+            fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID, invalid)
             return
         chunk.status, chunk.result = ChunkStatus.DONE, {"answer": answer}
         chunk.finish_reason = call.finish_reason
         uow.session.flush()
         if refresh_progress(uow.session, job) == 0 and not job.finalizing:
             job.finalizing = True
-            if job.chunks_total == 1 and (job.options or {}).get("merge") != "model":
-                # The common case, one call: nothing to merge, so the job ends in this
-                # transaction instead of in a task of its own.
-                store_result(uow, job, merge_answers([answer], job.schema), {})
+            if job.chunks_total == 1 and prepared is not None:
+                store_result(uow, job, prepared)
             else:
                 uow.send(Task.FINALIZE_JOB, job.id)

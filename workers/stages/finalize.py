@@ -4,6 +4,7 @@ between conflicting values), validate against the user's own schema, store, end 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -73,6 +74,7 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
             resolved, call = resolve_conflicts(ctx, job, outcome.conflicts)
         except (ModelCallFailed, ValueError) as exc:
             log.warning("job.merge.model_failed", job_id=job_id, error=str(exc))
+    prepared = prepare_result(job.schema, outcome, resolved)
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
         if job.status != JobStatus.RUNNING or uow.session.get(Result, job_id) is not None:
@@ -80,24 +82,37 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         row = record_call(job, None, call, 0, ctx.profile)
         if row is not None:
             uow.session.add(row)
-        store_result(uow, job, outcome, resolved)
+        store_result(uow, job, prepared)
 
 
-def store_result(uow: UnitOfWork, job: Job, outcome: MergeOutcome,
-                 resolved: dict[str, Any]) -> None:
-    """Validates the merged answer against the user's own schema and ends the job."""
-    data = drop_optional_nulls(apply_choices(outcome.data, resolved), job.schema)
-    errors = validation_errors(data, job.schema)
-    if errors:
-        fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID,
-                 "the answer does not match the schema: " + "; ".join(errors))
-        return
+@dataclass
+class PreparedResult:
+    """The merged answer, checked against the user's schema: computed before the write
+    transaction (validation can be slow on a large answer), stored inside it."""
+
+    data: Any
+    warnings: list[dict[str, Any]]
+    errors: list[str]
+
+
+def prepare_result(schema: dict[str, Any], outcome: MergeOutcome,
+                   resolved: dict[str, Any]) -> PreparedResult:
+    data = drop_optional_nulls(apply_choices(outcome.data, resolved), schema)
     warnings = []
     for conflict in outcome.conflicts:
         entry = conflict.as_json()
         if conflict.path in resolved:
             entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
         warnings.append(entry)
-    uow.session.add(Result(job_id=job.id, data=data, warnings=warnings))
+    return PreparedResult(data, warnings, validation_errors(data, schema))
+
+
+def store_result(uow: UnitOfWork, job: Job, result: PreparedResult) -> None:
+    """Stores the validated answer and ends the job (or fails it when the answer is invalid)."""
+    if result.errors:
+        fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID,
+                 "the answer does not match the schema: " + "; ".join(result.errors))
+        return
+    uow.session.add(Result(job_id=job.id, data=result.data, warnings=result.warnings))
     finish_job(uow, job, JobStatus.SUCCEEDED)
     log.info("job.succeeded", job_id=job.id, cost_usd=job.cost_usd)

@@ -9,6 +9,8 @@ from schemas.errors import ErrorCode
 from schemas.tasks import Task
 from service.core.logs import log
 from service.core.pages import page_info, save_pages
+from service.core.secrets import unseal
+from service.store.blobs import record_blobs
 from service.store.jobs import jobs_waiting_on
 from service.store.models import Document, DocumentStatus
 from workers.context import WorkerContext
@@ -17,19 +19,20 @@ from workers.parsing import ParseError, PdfOptions, parse_document
 from workers.stages.common import fail_jobs_waiting_on
 
 
-def parse_in_child(ctx: WorkerContext, doc: Document, render_all: bool = False) -> dict[str, Any]:
-    """The document's pages artifact key, page index and text tokens, parsed in a child process
-    with CPU-time and memory limits."""
+def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = None,
+                   render_all: bool = False) -> dict[str, Any]:
+    """The document's pages artifact key, page index, text tokens and the stored files it made,
+    parsed in a child process with CPU-time and memory limits."""
     settings, storage = ctx.settings, ctx.storage
     path = str(storage.path(doc.sha256))
-    options = PdfOptions(password=doc.password, max_pages=settings.max_pages,
-                         render_all=render_all)
+    options = PdfOptions(password=password, max_pages=settings.max_pages, render_all=render_all)
 
     def work() -> dict[str, Any]:
         pages = parse_document(path, doc.media_type, storage, options)
-        return {"pages_key": save_pages(storage, pages),
-                "index": [page_info(p).as_row() for p in pages],
-                "tokens": sum(p.text_tokens for p in pages)}
+        pages_key = save_pages(storage, pages)
+        return {"pages_key": pages_key, "index": [page_info(p).as_row() for p in pages],
+                "tokens": sum(p.text_tokens for p in pages),
+                "blobs": sorted({pages_key, *(p.image for p in pages if p.image)})}
 
     result: dict[str, Any] = run_isolated(
         work, cpu_s=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_bytes,
@@ -46,23 +49,28 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
         attempts = doc.attempts
     outcome: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
+    password = unseal(ctx.settings, doc.password_sealed) if doc.password_sealed else None
     if attempts > ctx.settings.task_max_attempts:
         error = (ErrorCode.DOCUMENT_UNREADABLE, "ingestion was interrupted too many times")
+    elif doc.password_sealed and password is None:
+        error = (ErrorCode.PDF_PASSWORD_INCORRECT,
+                 "the password can no longer be read (the service's secret key changed)")
     else:
         try:
             # The password is forgotten after this: render every page now, in case a job
             # reads them as images later.
-            outcome = parse_in_child(ctx, doc, render_all=bool(doc.password))
+            outcome = parse_in_child(ctx, doc, password, render_all=bool(password))
         except ParseError as exc:
             error = (exc.code, exc.message)
     with ctx.unit_of_work() as uow:
         doc = uow.session.get(Document, document_id)
         assert doc is not None
-        doc.password = None
+        doc.password_sealed = None
         if outcome is not None:
             doc.status, doc.pages_key = DocumentStatus.READY, outcome["pages_key"]
             doc.page_index, doc.pages = outcome["index"], len(outcome["index"])
             doc.tokens = outcome["tokens"]
+            record_blobs(uow.session, doc.id, outcome["blobs"])
             log.info("document.ready", document_id=doc.id, pages=doc.pages, tokens=doc.tokens)
         else:
             assert error is not None
@@ -84,4 +92,5 @@ def ensure_page_images(ctx: WorkerContext, doc: Document) -> None:
         row = uow.session.get(Document, doc.id)
         assert row is not None
         row.pages_key, row.page_index = outcome["pages_key"], outcome["index"]
+        record_blobs(uow.session, doc.id, outcome["blobs"])
         doc.pages_key, doc.page_index = row.pages_key, row.page_index

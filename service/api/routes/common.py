@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from schemas.api import ErrorBody
 from schemas.errors import ErrorCode, LongdocError
-from service.store.models import Document, Job
+from service.store.models import Document, Job, is_id
 
 Row = TypeVar("Row", Document, Job)
 
@@ -21,12 +21,13 @@ def error_responses(**described: str) -> dict[int | str, dict[str, Any]]:
 
 
 def after_cursor(session: Session, query: Select[Row], model: type[Row],
-                 before: str | None) -> Select[Row]:
-    """Keyset pagination, newest first: the rows older than the one named ``before``."""
+                 before: str | None, tenant_id: str) -> Select[Row]:
+    """Keyset pagination, newest first: the rows older than the one named ``before`` (one of
+    the tenant's own: another tenant's id is no such item)."""
     if not before:
         return query
-    anchor = session.get(model, before)
-    if anchor is None:
+    anchor = session.get(model, before) if is_id(before, before[:3]) else None
+    if anchor is None or anchor.tenant_id != tenant_id:
         raise LongdocError(ErrorCode.INVALID_REQUEST, "before: no such item")
     return query.where((model.created_at < anchor.created_at)
                        | ((model.created_at == anchor.created_at) & (model.id < anchor.id)))

@@ -3,49 +3,79 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
-from schemas.api import DocumentList, DocumentOut
+from schemas.api import DocumentFromUrl, DocumentList, DocumentOut
 from schemas.errors import ErrorCode, LongdocError
 from schemas.tasks import Task
-from service.api.deps import CurrentTenant, ServicesDep, SessionDep, UnitOfWorkDep
+from service.api.deps import CurrentTenant, Services, ServicesDep, SessionDep
 from service.api.errors import not_found
+from service.api.fetch import fetch_url
 from service.api.routes.common import after_cursor, error_responses
-from service.api.uploads import receive_upload
+from service.api.uploads import UploadedFile, read_json, receive_upload
 from service.core.mediatypes import sniff
-from service.store.models import Document, DocumentStatus, new_id
+from service.core.secrets import seal
+from service.store.models import Document, DocumentStatus, is_id, new_id
 from service.store.views import document_out
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=error_responses(
     _400="invalid_multipart", _401="unauthorized", _404="not_found",
-    _413="file_too_large", _415="unsupported_media_type", _422="invalid_request, empty_file"))
+    _413="file_too_large, request_too_large", _415="unsupported_media_type",
+    _422="invalid_request, empty_file, invalid_url, url_not_allowed, url_fetch_failed"))
 
 
 @router.post("", status_code=201, response_model=DocumentOut,
-             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-                 "type": "object", "required": ["file"],
-                 "properties": {"file": {"type": "string", "format": "binary"},
-                                "password": {"type": "string"}}}}}}})
-async def upload_document(request: Request, tenant: CurrentTenant, uow: UnitOfWorkDep,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": {
+                     "type": "object", "required": ["file"],
+                     "properties": {"file": {"type": "string", "format": "binary"},
+                                    "password": {"type": "string", "maxLength": 4096}}}},
+                 "application/json": {"schema": DocumentFromUrl.model_json_schema()}}}})
+async def upload_document(request: Request, tenant: CurrentTenant,
                           services: ServicesDep) -> JSONResponse:
-    """Stores the file as it arrives; parsing happens later in a worker."""
-    upload, fields = await receive_upload(request, services.storage,
-                                          services.settings.max_upload_bytes)
-    media_type = sniff(upload.head)
-    if media_type is None:
-        raise LongdocError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                           "the file is not a PDF, PNG, JPEG, WebP, GIF, TIFF, BMP or HEIF image")
-    if upload.size == 0:
-        raise LongdocError(ErrorCode.EMPTY_FILE, "the file is empty")
-    doc = Document(
-        id=new_id("doc"), tenant_id=tenant.id, filename=(upload.filename or "")[:500] or None,
-        sha256=upload.key, media_type=media_type, bytes=upload.size,
-        status=DocumentStatus.PROCESSING, password=fields.get("password") or None,
-    )
-    uow.session.add(doc)
-    uow.send(Task.INGEST_DOCUMENT, doc.id)
-    uow.commit()
+    """Stores the file as it arrives (multipart field ``file``), or fetches it from ``url``
+    (a JSON body); parsing happens later in a worker. A refused upload leaves nothing behind."""
+    settings = services.settings
+    source_url = None
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await read_json(request, DocumentFromUrl, settings.max_json_bytes)
+        target, upload = await fetch_url(body.url, services.storage, settings.max_upload_bytes,
+                                         settings.url_allowed_networks, settings.url_fetch_timeout_s)
+        source_url, fields = target.url, {"password": body.password or ""}
+        upload.filename = target.url.rsplit("/", 1)[-1].split("?")[0][:255] or None
+    else:
+        upload, fields = await receive_upload(request, services.storage, settings.max_upload_bytes)
+    try:
+        media_type = sniff(upload.head)
+        if media_type is None:
+            raise LongdocError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                               "the file is not a PDF, PNG, JPEG, WebP, GIF, TIFF, BMP or HEIF image")
+        if upload.size == 0:
+            raise LongdocError(ErrorCode.EMPTY_FILE, "the file is empty")
+        password = fields.get("password") or None
+        doc = await run_in_threadpool(_record_upload, services, tenant.id, upload, media_type,
+                                      password, source_url)
+    finally:
+        upload.abort()  # nothing to remove once committed
     return JSONResponse(document_out(doc).model_dump(mode="json"), status_code=201,
                         headers={"Location": f"/v1/documents/{doc.id}"})
+
+
+def _record_upload(services: Services, tenant_id: str, upload: UploadedFile, media_type: str,
+                   password: str | None, source_url: str | None) -> Document:
+    with services.unit_of_work() as uow:
+        doc = Document(
+            id=new_id("doc"), tenant_id=tenant_id, filename=upload.filename or None,
+            source_url=source_url,
+            sha256="", media_type=media_type, bytes=upload.size,
+            status=DocumentStatus.PROCESSING,
+            password_sealed=seal(services.settings, password) if password else None)
+        # Filed under its hash just before the row commits: a crash in between leaves a file
+        # no row refers to, which the blob sweep removes.
+        doc.sha256 = upload.commit()
+        uow.session.add(doc)
+        uow.send(Task.INGEST_DOCUMENT, doc.id)
+    return doc
 
 
 @router.get("", response_model=DocumentList)
@@ -55,7 +85,7 @@ def list_documents(tenant: CurrentTenant, session: SessionDep,
                    ) -> DocumentList:
     """The tenant's documents, newest first."""
     query = after_cursor(session, select(Document).where(Document.tenant_id == tenant.id),
-                         Document, before)
+                         Document, before, tenant.id)
     rows = session.scalars(query.order_by(Document.created_at.desc(), Document.id.desc())
                            .limit(limit + 1)).all()
     items = [document_out(doc) for doc in rows[:limit]]
@@ -64,7 +94,7 @@ def list_documents(tenant: CurrentTenant, session: SessionDep,
 
 @router.get("/{document_id}", response_model=DocumentOut)
 def get_document(document_id: str, tenant: CurrentTenant, session: SessionDep) -> DocumentOut:
-    doc = session.get(Document, document_id)
+    doc = session.get(Document, document_id) if is_id(document_id, "doc") else None
     if doc is None or doc.tenant_id != tenant.id:
         raise not_found("document")
     return document_out(doc)

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from schemas.api import (
     CallList,
     DeliveryList,
     DryRunOut,
+    ErrorBody,
     JobCreate,
     JobList,
     JobOut,
@@ -20,17 +22,19 @@ from schemas.api import (
 from schemas.errors import ErrorCode, LongdocError
 from schemas.strict import check_schema
 from schemas.tasks import Task
-from service.api.deps import CurrentTenant, ServicesDep, SessionDep, UnitOfWorkDep
+from service.api.deps import CurrentTenant, Services, ServicesDep, SessionDep
 from service.api.errors import not_found
 from service.api.routes.common import after_cursor, error_responses
+from service.api.uploads import read_json
 from service.core.jobs import check_cost, make_plan, plan_view
-from service.core.webhooks import check_target
+from service.core.outbound import check_target
 from service.store.jobs import (
     attach_documents,
     document_pages,
     first_failed,
     job_document_ids,
     job_spec,
+    lock_job,
     new_job,
     owned_documents,
     start_job,
@@ -44,6 +48,7 @@ from service.store.models import (
     Tenant,
     WebhookAttempt,
     WebhookDelivery,
+    is_id,
     utcnow,
 )
 from service.store.views import call_out, delivery_out, job_out, job_usage
@@ -55,22 +60,36 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
 
 
 def _owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id(job_id, "job") else None
     if job is None or job.tenant_id != tenant.id:
         raise not_found("job")
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut,
-             responses={200: {"model": DryRunOut, "description": "dry_run: the plan and its cost"}})
-def create_job(body: JobCreate, tenant: CurrentTenant, uow: UnitOfWorkDep,
-               services: ServicesDep) -> JSONResponse:
+_JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": JobCreate.model_json_schema(by_alias=True)}}}}
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=_JOB_BODY,
+             responses={200: {"model": DryRunOut, "description": "dry_run: the plan and its cost"},
+                        413: {"model": ErrorBody, "description": "request_too_large"},
+                        415: {"model": ErrorBody, "description": "unsupported_media_type"}})
+async def create_job(request: Request, tenant: CurrentTenant, session: SessionDep,
+                     services: ServicesDep) -> JSONResponse:
+    """Checks the schema, the documents and the webhook, plans ready documents at once, and
+    queues the job. The body is read only once the key is known."""
+    body = await read_json(request, JobCreate, services.settings.max_json_bytes)
+    return await run_in_threadpool(_create_job, body, tenant.id, session, services)
+
+
+def _create_job(body: JobCreate, tenant_id: str, session: Session,
+                services: Services) -> JSONResponse:
     settings, profile = services.settings, services.profile
     check_schema(body.json_schema)
-    job = new_job(tenant.id, body, settings.model)
-    docs = owned_documents(uow.session, tenant.id, body.document_ids)
+    job = new_job(tenant_id, body, settings.model)
     if body.webhook_url:
-        check_target(body.webhook_url, settings.webhook_allowed_networks)
+        job.webhook_url = check_target(body.webhook_url, settings.webhook_allowed_networks).url
+    docs = owned_documents(session, tenant_id, body.document_ids)
     failed = first_failed(docs)
     if failed is not None:
         raise LongdocError(ErrorCode.DOCUMENT_FAILED, f"document {failed.id} failed ingestion")
@@ -79,6 +98,7 @@ def create_job(body: JobCreate, tenant: CurrentTenant, uow: UnitOfWorkDep,
         raise LongdocError(ErrorCode.DOCUMENT_NOT_READY,
                            "a document is still processing; try the dry run when it is ready",
                            {"Retry-After": "2"})
+    plan = None
     # Ready documents are planned here (pages already counted, no parsing): the job starts at
     # once. Renders for pages_as_images and documents still processing go to the plan task.
     if ready and (body.dry_run or not body.pages_as_images):
@@ -91,16 +111,17 @@ def create_job(body: JobCreate, tenant: CurrentTenant, uow: UnitOfWorkDep,
             out = DryRunOut(plan=Plan(**plan_view(plan, body.document_ids)),
                             estimated_cost_usd=round(estimate, 8), profile=job.profile)
             return JSONResponse(out.model_dump(mode="json"), status_code=200)
+    session.close()  # the checks are done: nothing of the read transaction is held while writing
+    with services.unit_of_work() as uow:
         uow.session.add(job)
         uow.session.flush()
         attach_documents(uow.session, job, docs)
-        start_job(uow, job, plan, body.document_ids)
-    else:
-        uow.session.add(job)
-        uow.session.flush()
-        attach_documents(uow.session, job, docs)
-        uow.send(Task.PLAN_JOB, job.id)
-    uow.commit()
+        if plan is not None:
+            start_job(uow, job, plan, body.document_ids)
+        else:
+            # A document that became ready since it was read sends nothing for this job (its
+            # ingestion looked for waiting jobs before this one existed): the plan task checks.
+            uow.send(Task.PLAN_JOB, job.id)
     return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
                         status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
@@ -115,7 +136,7 @@ def list_jobs(tenant: CurrentTenant, session: SessionDep,
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
         query = query.where(Job.status == status)
-    query = after_cursor(session, query, Job, before)
+    query = after_cursor(session, query, Job, before, tenant.id)
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     items = [job_out(job, job_document_ids(session, job.id)) for job in rows[:limit]]
     return JobList(data=items, next_before=rows[limit - 1].id if len(rows) > limit else None)
@@ -141,15 +162,17 @@ def get_result(job_id: str, tenant: CurrentTenant, session: SessionDep) -> Resul
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, tenant: CurrentTenant, uow: UnitOfWorkDep) -> JobOut:
+def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
+               services: ServicesDep) -> JobOut:
     """Stops the job: chunks not yet sent are never sent."""
-    job = _owned_job(uow.session, tenant, job_id)
-    uow.session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
-        .values(status=JobStatus.CANCELED, finished_at=utcnow()))
-    uow.commit()
-    uow.session.refresh(job)
-    return job_out(job, job_document_ids(uow.session, job.id))
+    _owned_job(session, tenant, job_id)
+    session.close()
+    with services.unit_of_work() as uow:
+        job = lock_job(uow.session, job_id)
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            job.status, job.finished_at = JobStatus.CANCELED, utcnow()
+        uow.session.flush()
+        return job_out(job, job_document_ids(uow.session, job.id))
 
 
 @router.get("/{job_id}/calls", response_model=CallList)
@@ -175,14 +198,17 @@ def list_deliveries(job_id: str, tenant: CurrentTenant, session: SessionDep) -> 
 
 @router.post("/{job_id}/webhooks/{delivery_id}/redeliver", status_code=202,
              response_model=RedeliveryOut)
-def redeliver(job_id: str, delivery_id: str, tenant: CurrentTenant,
-              uow: UnitOfWorkDep) -> RedeliveryOut:
-    job = _owned_job(uow.session, tenant, job_id)
-    delivery = uow.session.get(WebhookDelivery, delivery_id)
-    if delivery is None or delivery.job_id != job.id:
+def redeliver(job_id: str, delivery_id: str, tenant: CurrentTenant, session: SessionDep,
+              services: ServicesDep) -> RedeliveryOut:
+    job = _owned_job(session, tenant, job_id)
+    if not is_id(delivery_id, "msg"):
         raise not_found("delivery")
-    delivery.status, delivery.attempts = DeliveryStatus.PENDING, 0
-    delivery.next_attempt_at = utcnow()
-    uow.send(Task.DELIVER_WEBHOOK, delivery.id)
-    uow.commit()
-    return RedeliveryOut(id=delivery.id, status=delivery.status)
+    session.close()
+    with services.unit_of_work() as uow:
+        delivery = uow.session.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.job_id != job.id:
+            raise not_found("delivery")
+        delivery.status, delivery.attempts = DeliveryStatus.PENDING, 0
+        delivery.next_attempt_at = utcnow()
+        uow.send(Task.DELIVER_WEBHOOK, delivery.id)
+        return RedeliveryOut(id=delivery.id, status=delivery.status)
