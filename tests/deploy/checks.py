@@ -307,10 +307,15 @@ class Image:
         return value
 
     def user(self, target: str) -> str:
-        return (self.last(target, "USER") or "root").split(":")[0]
+        """The user the target runs as, by name when a RUN created it (USER may be a uid)."""
+        user = (self.last(target, "USER") or "root").split(":")[0]
+        by_uid = {uid: name for name, uid in self.created_users(target).items() if uid}
+        return by_uid.get(user, "root" if user == "0" else user)
 
-    def created_users(self, target: str) -> set[str]:
-        return {c[-1] for c in self.runs(target) if c[0] in ("useradd", "adduser")}
+    def created_users(self, target: str) -> dict[str, str | None]:
+        """Users a RUN creates, with the uid it gives them (``--uid``/``-u``) if any."""
+        return {c[-1]: _option(c, "--uid") or _option(c, "-u") for c in self.runs(target)
+                if c[0] in ("useradd", "adduser")}
 
     def owned_dirs(self, target: str) -> dict[str, str]:
         """Directory -> owner, for directories a RUN creates and hands to a user."""
@@ -523,7 +528,7 @@ def image_problems(image: Image) -> list[str]:
         if not re.match(r"^[\w./-]+(:\d+\.\d+\.\d+[\w.-]*|@sha256:[0-9a-f]{64})$", stage.base):
             problems.append(f"stage {stage.name}: base image {stage.base!r} is not pinned")
     user = image.user(RUNTIME_TARGET)
-    if user in ("root", "0"):
+    if user == "root":
         problems.append("runtime: runs as root")
     elif user not in image.created_users(RUNTIME_TARGET):
         problems.append(f"runtime: USER {user} is never created")

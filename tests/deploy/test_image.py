@@ -54,12 +54,13 @@ def test_sandbox_target_adds_the_sandbox_and_production_does_not() -> None:
 @pytest.mark.parametrize(("old", "new", "expected"), [
     ("ARG PYTHON_IMAGE=python:3.11.16-slim-bookworm", "ARG PYTHON_IMAGE=python:3.11-slim",
      "stage build: base image 'python:3.11-slim' is not pinned"),
-    ("USER longdoc", "USER root", "runtime: runs as root"),
-    ("USER longdoc", "USER app", "runtime: USER app is never created"),
+    ("USER 10001:10001", "USER root", "runtime: runs as root"),
+    ("USER 10001:10001", "USER 0", "runtime: runs as root"),
+    ("USER 10001:10001", "USER 10002", "runtime: USER 10002 is never created"),
     ('ENTRYPOINT ["/usr/bin/tini", "-s", "--"]', "", "runtime: no init process"),
     ("COPY --from=build /opt/longdoc /opt/longdoc\n", "COPY --from=build-sandbox /opt/longdoc /opt/longdoc\n",
      "runtime: built from the sandbox's sources"),
-], ids=["floating base", "root", "user never created", "no init", "sandbox in production"])
+], ids=["floating base", "root", "uid 0", "user never created", "no init", "sandbox in production"])
 def test_image_rule_catches_broken_dockerfile(old: str, new: str, expected: str) -> None:
     text = _dockerfile()
     assert old in text
