@@ -104,6 +104,8 @@ def test_scaled_shape_runs_two_apis_behind_one_port() -> None:
     haproxy = (DOCKER / "haproxy.cfg").read_text(encoding="utf-8")
     assert "server-template api 10 api:8000" in haproxy
     assert "uri /readyz" in haproxy
+    # Prometheus scrapes each replica directly; the public port does not serve metrics.
+    assert "http-request deny deny_status 404 if { path_beg /metrics }" in haproxy
 
 
 def test_scaled_shape_shares_no_filesystem_between_longdoc_processes() -> None:

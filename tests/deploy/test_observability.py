@@ -160,7 +160,8 @@ def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
     provisioning = DOCKER / "grafana" / "provisioning"
     provider = yaml.safe_load((provisioning / "dashboards" / "longdoc.yaml").read_text())
     assert mounts["./grafana/dashboards"] == provider["providers"][0]["options"]["path"]
-    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    for kind in ("datasources", "dashboards"):
+        assert mounts[f"./grafana/provisioning/{kind}"] == f"/etc/grafana/provisioning/{kind}"
     source = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
     assert "prometheus" in compose.services
