@@ -44,9 +44,22 @@ class DocumentOut(BaseModel):
     bytes: int
     status: DocumentStatus
     pages: int | None = None
+    pages_parsed: int | None = None  # while processing: how far ingestion has got
     tokens: int | None = None
     error: ErrorDetail | None = None
     created_at: datetime
+
+
+class PageOut(BaseModel):
+    """The stored reading of one page: its text, or a note that the model reads it as an image."""
+
+    document_id: str
+    page: int
+    pages: int
+    kind: Literal["text", "image", "empty"]
+    text: str
+    tokens: int
+    has_image: bool
 
 
 class JobCreate(BaseModel):
@@ -104,6 +117,27 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class JobEventType(StrEnum):
+    STATUS = "status"  # data: {status, error}
+    PROGRESS = "progress"  # data: {chunks_done, chunks_total, usage, cost_usd}
+    DOCUMENT = "document"  # data: {document_id, status, pages, pages_parsed, error}
+
+
+class JobEventOut(BaseModel):
+    """One change of a job, as ``GET /v1/jobs/{id}/events`` streams it (the SSE ``data``)."""
+
+    id: int
+    job_id: str
+    type: JobEventType
+    at: datetime
+    data: dict[str, Any]
+
+    @property
+    def ends_job(self) -> bool:
+        return (self.type == JobEventType.STATUS
+                and JobStatus(self.data.get("status", "queued")).ended)
 
 
 class DryRunOut(BaseModel):
