@@ -152,6 +152,8 @@ class ResultOut(BaseModel):
     model: str | None
     data: dict[str, Any]
     warnings: list[Any] = []
+    # With citations: JSON Pointer into ``data`` -> [{document, page, quote, verified}] (issue 12)
+    sources: dict[str, list[dict[str, Any]]] | None = None
     usage: Usage
     cost_usd: float
 
