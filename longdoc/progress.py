@@ -12,13 +12,15 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from schemas.api import JobEventOut, JobEventType
 
@@ -33,6 +35,16 @@ def usage_text(data: dict[str, Any]) -> str:
 
 def display_name(name: str) -> str:
     return name if "://" in name else os.path.basename(name)
+
+
+class CountColumn(ProgressColumn):
+    """``7/14`` chunks or pages; a percentage for bytes (the note says how many)."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("bytes"):
+            return Text(f"{task.percentage:>3.0f}%", style="progress.percentage")
+        total = "?" if task.total is None else f"{int(task.total)}"
+        return Text(f"{int(task.completed)}/{total}", style="progress.download")
 
 
 class ProgressView(Protocol):
@@ -52,7 +64,7 @@ class LiveProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.bars = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                             CountColumn(), TextColumn("{task.fields[note]}"),
                              TimeElapsedColumn(), console=console)
         self.uploads: dict[str, TaskID] = {}
         self.documents: dict[str, TaskID] = {}
@@ -63,7 +75,7 @@ class LiveProgress:
     def upload(self, name: str, sent: int, total: int) -> None:
         if name not in self.uploads:
             self.uploads[name] = self.bars.add_task(f"upload {display_name(name)}", total=total,
-                                                    note="")
+                                                    note="", bytes=True)
         self.bars.update(self.uploads[name], completed=sent, total=total,
                          note=f"{decimal(sent)} of {decimal(total)}")
 
