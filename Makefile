@@ -24,8 +24,8 @@ services:
 test-services:
 	scripts/ensure-services.sh redis postgresql
 
-# The playground test drives Debian's chromium through the pip playwright package: it never
-# downloads a browser of its own (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD), so install the package.
+# The playground test drives Debian's chromium through the pip playwright package, which must
+# never download a browser of its own (the registries are all that can be reached here).
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 browser:
 	@command -v chromium >/dev/null || { \

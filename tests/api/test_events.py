@@ -140,7 +140,7 @@ def test_long_poll_answers_when_the_job_changes_and_ends_with_its_final_state(
 
 def test_long_poll_returns_the_unchanged_job_when_the_wait_ends(stack: Stack,
                                                                  client: httpx.Client) -> None:
-    stack.sandbox(ttft_s=30)
+    stack.sandbox(ttft_s=8)
     doc = upload(client, FOUR_PAGES).json()
     wait_document(client, doc["id"])
     job = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA}).json()
@@ -152,7 +152,7 @@ def test_long_poll_returns_the_unchanged_job_when_the_wait_ends(stack: Stack,
 
 
 def test_cancel_is_an_event(stack: Stack, client: httpx.Client) -> None:
-    stack.sandbox(ttft_s=30)
+    stack.sandbox(ttft_s=8)
     doc = wait_document(client, upload(client, FOUR_PAGES).json()["id"])
     job = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA}).json()
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"

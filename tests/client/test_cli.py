@@ -112,7 +112,7 @@ def test_no_wait_prints_the_job_id_and_jobs_commands_follow_it(env: dict[str, st
 
 
 def test_cancel_from_the_command_line(stack: Stack, env: dict[str, str], schema_file: Path) -> None:
-    stack.sandbox(ttft_s=30)
+    stack.sandbox(ttft_s=8)
     try:
         job_id = longdoc(["extract", str(FOUR_PAGES), "--schema", str(schema_file), "--no-wait"],
                          env).stdout.strip()

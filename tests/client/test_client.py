@@ -82,7 +82,7 @@ def test_refusals_are_exceptions_with_the_api_code_and_status(client: Client) ->
 def test_plan_wait_cancel_and_documents(stack: Stack, client: Client) -> None:
     plan = client.plan(FOUR_PAGES, schema=SCHEMA)
     assert plan.plan.calls == 1 and plan.estimated_cost_usd > 0
-    stack.sandbox(ttft_s=30)
+    stack.sandbox(ttft_s=8)
     job = client.extract(FOUR_PAGES, schema=SCHEMA, wait=False)
     assert client.jobs.cancel(job.id).status == JobStatus.CANCELED
     assert client.jobs.wait(job.id, timeout=30).status == JobStatus.CANCELED
