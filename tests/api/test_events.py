@@ -188,3 +188,17 @@ def test_pages_give_the_stored_text_and_end_at_the_last_page(client: httpx.Clien
                           .json()["id"])
     image = client.get(f"/v1/documents/{photo['id']}/pages/1").json()
     assert image["kind"] == "image" and image["has_image"] and image["text"] == ""
+
+
+def test_a_long_document_reports_its_pages_while_it_is_read(client: httpx.Client) -> None:
+    # 1,500 short pages take the worker seconds to read; the job is created in milliseconds.
+    doc = upload(client, "long.pdf", data=text_pdf(1500, lines=4)).json()
+    job = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA,
+                                        "max_cost_usd": 0.0}).json()
+    events = read_events(client, job["id"])
+    reading = [e["data"] for e in events if e["type"] == "document"]
+    assert any(d["status"] == "processing" and d["pages"] == 1500 and 0 < d["pages_parsed"] < 1500
+               for d in reading), reading
+    parsed = [d["pages_parsed"] or 0 for d in reading]
+    assert parsed == sorted(parsed)
+    assert reading[-1] == {**reading[-1], "status": "ready", "pages": 1500, "pages_parsed": 1500}
