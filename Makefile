@@ -8,7 +8,7 @@ export LONGDOC_HOST ?= 127.0.0.1
 export LONGDOC_PORT ?= 8000
 export LONGDOC_DATA_DIR ?= ./.longdoc
 
-.PHONY: setup services test-services run test lint bench bench-throughput clean
+.PHONY: setup services test-services browser run test lint bench bench-throughput clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ services:
 test-services:
 	scripts/ensure-services.sh redis postgresql
 
+# The playground test drives Debian's chromium through the pip playwright package, which must
+# never download a browser of its own (the registries are all that can be reached here).
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+browser:
+	@command -v chromium >/dev/null || { \
+		test "$$(id -u)" = 0 || { echo "chromium missing: apt-get install chromium" >&2; exit 1; }; \
+		apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 # Starts the API, the workers, beat and (without a model API key) the sandbox model.
 # Loopback webhook targets and upload URLs are allowed here so local servers can be used.
 run: setup services
@@ -31,7 +40,7 @@ run: setup services
 	LONGDOC_URL_ALLOWED_NETWORKS="$${LONGDOC_URL_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}" \
 		$(BIN)/longdoc run
 
-test: setup test-services
+test: setup test-services browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q

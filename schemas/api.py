@@ -45,9 +45,23 @@ class DocumentOut(BaseModel):
     bytes: int
     status: DocumentStatus
     pages: int | None = None
+    pages_parsed: int | None = None  # while processing: how far ingestion has got
     tokens: int | None = None
     error: ErrorDetail | None = None
     created_at: datetime
+
+
+class PageOut(BaseModel):
+    """The stored reading of one page: its text, or a note that the model reads it as an image."""
+
+    document_id: str
+    page: int
+    pages: int
+    kind: Literal["text", "image", "empty"]
+    text: str
+    tokens: int
+    has_image: bool
+
 
 
 DocumentId = Annotated[str, Field(pattern=r"^doc_[0-9a-f]{24}$")]
@@ -120,6 +134,27 @@ class JobOut(BaseModel):
     finished_at: datetime | None = None
 
 
+class JobEventType(StrEnum):
+    STATUS = "status"  # data: {status, error}
+    PROGRESS = "progress"  # data: {chunks_done, chunks_total, usage, cost_usd}
+    DOCUMENT = "document"  # data: {document_id, status, pages, pages_parsed, error}
+
+
+class JobEventOut(BaseModel):
+    """One change of a job, as ``GET /v1/jobs/{id}/events`` streams it (the SSE ``data``)."""
+
+    id: int
+    job_id: str
+    type: JobEventType
+    at: datetime
+    data: dict[str, Any]
+
+    @property
+    def ends_job(self) -> bool:
+        return (self.type == JobEventType.STATUS
+                and JobStatus(self.data.get("status", "queued")).ended)
+
+
 class DryRunOut(BaseModel):
     dry_run: Literal[True] = True
     plan: Plan
@@ -132,6 +167,8 @@ class ResultOut(BaseModel):
     model: str | None
     data: dict[str, Any]
     warnings: list[Any] = []
+    # With citations: JSON Pointer into ``data`` -> [{document, page, quote, verified}] (issue 12)
+    sources: dict[str, list[dict[str, Any]]] | None = None
     usage: Usage
     cost_usd: float
 

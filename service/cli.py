@@ -196,18 +196,21 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an API key (and the tenant if new)")
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
     create.set_defaults(func=cmd_keys_create)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("calibration", help="predicted vs reported prompt tokens per model"
                    ).set_defaults(func=cmd_calibration)
     api = sub.add_parser("api", help="run the HTTP API")
-    api.add_argument("--host")
-    api.add_argument("--port", type=int)
+    api.add_argument("--host", help="address to listen on (default: $LONGDOC_HOST)")
+    api.add_argument("--port", type=int, help="port to listen on (default: $LONGDOC_PORT)")
     api.set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queue", choices=["cpu", "model"], required=True)
-    worker.add_argument("--concurrency", type=int)
+    worker.add_argument("--queue", choices=["cpu", "model"], required=True,
+                        help="cpu: parsing and planning; model: model calls and webhooks")
+    worker.add_argument("--concurrency", type=int,
+                        help="processes (cpu, default: cores) or calls in flight (model, default: "
+                        "$LONGDOC_MODEL_CONCURRENCY)")
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="run the scheduler").set_defaults(func=cmd_beat)
     sandbox = sub.add_parser("sandbox", add_help=False,
@@ -216,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(func=cmd_sandbox)
     sub.add_parser("run", help="start everything on this machine").set_defaults(func=cmd_run)
+    from longdoc.cli import add_commands
+
+    add_commands(sub)  # extract, jobs, documents: the client's commands (longdoc.cli)
     return root
 
 
@@ -224,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:  # its own options, help included, belong to the sandbox
         return cmd_sandbox(argparse.Namespace(sandbox_args=argv[1:]))
+    if argv[:1] in (["extract"], ["jobs"], ["documents"]):
+        from longdoc.cli import main as client_main
+
+        return client_main(argv)  # the client's own error handling and exit codes
     args = parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -83,6 +83,50 @@ def _private_bytes(pid: int) -> int:
     return total
 
 
+class PageProgress:
+    """Pages parsed, reported from the child (and its ``fork_map`` helpers) through a pipe.
+
+    The child writes one short line per message (atomic below PIPE_BUF, so helpers never
+    interleave); the parent counts them and calls ``on_update(parsed, total)`` at most every
+    ``every_s`` seconds or ``every_pages`` pages. The parent trusts nothing it reads: a child
+    taken over by a hostile file can only make the count wrong, never reach the caller with
+    anything else.
+    """
+
+    def __init__(self, on_update: Callable[[int, int | None], None], every_s: float = 0.5,
+                 every_pages: int = 50) -> None:
+        self.on_update, self.every_s, self.every_pages = on_update, every_s, every_pages
+        self.read_fd, self.write_fd = os.pipe()
+        self.parsed = 0
+        self.total: int | None = None
+        self._buffer = b""
+        self._reported, self._reported_at = 0, time.monotonic()
+
+    # The child's side
+    def set_total(self, pages: int) -> None:
+        os.write(self.write_fd, b"T%d\n" % pages)
+
+    def page_done(self) -> None:
+        os.write(self.write_fd, b"P\n")
+
+    # The parent's side
+    def feed(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        self._buffer = self._buffer[-64:]
+        for line in lines:
+            if line == b"P":
+                self.parsed += 1
+            elif line[:1] == b"T" and line[1:].isdigit() and len(line) < 12:
+                self.total = int(line[1:])
+        if self.total is not None:
+            self.parsed = min(self.parsed, self.total)
+        now = time.monotonic()
+        if (self.parsed - self._reported >= self.every_pages
+                or (self.parsed != self._reported and now - self._reported_at >= self.every_s)):
+            self._reported, self._reported_at = self.parsed, now
+            self.on_update(self.parsed, self.total)
+
+
 @dataclass
 class ChildUsage:
     peak_private_bytes: int = 0  # the largest process of the parse, its own memory
@@ -91,19 +135,25 @@ class ChildUsage:
 
 
 def run_isolated(fn: Callable[[], Any], *, cpu_s: int, memory_bytes: int, wall_s: float,
-                 usage: ChildUsage | None = None) -> Any:
+                 usage: ChildUsage | None = None, progress: PageProgress | None = None) -> Any:
     """Runs ``fn`` in a forked child and returns its JSON-able result.
 
     Memory is held to ``memory_bytes`` of private memory per process, watched every few
     milliseconds (the kernel does not enforce RLIMIT_RSS); an address-space limit is the hard
-    stop for allocations faster than the watch.
+    stop for allocations faster than the watch. ``fn`` may report through ``progress``.
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_fd)
+        if progress is not None:
+            os.close(progress.read_fd)
         _child(fn, write_fd, cpu_s, _address_space_limit(memory_bytes))
     os.close(write_fd)
+    watched = [read_fd]
+    if progress is not None:
+        os.close(progress.write_fd)
+        watched.append(progress.read_fd)
     chunks: list[bytes] = []
     deadline = time.monotonic() + wall_s
     killed_for: str | None = None
@@ -128,14 +178,22 @@ def run_isolated(fn: Callable[[], Any], *, cpu_s: int, memory_bytes: int, wall_s
                         killed_for = "memory"
             if killed_for:
                 break
-            ready, _, _ = select.select([read_fd], [], [], min(remaining, WATCH_INTERVAL_S))
-            if ready:
+            ready, _, _ = select.select(watched, [], [], min(remaining, WATCH_INTERVAL_S))
+            if progress is not None and progress.read_fd in ready:
+                data = os.read(progress.read_fd, 1 << 16)
+                if data:
+                    progress.feed(data)
+                else:
+                    watched.remove(progress.read_fd)
+            if read_fd in ready:
                 chunk = os.read(read_fd, 1 << 20)
                 if not chunk:
                     break
                 chunks.append(chunk)
     finally:
         os.close(read_fd)
+        if progress is not None:
+            os.close(progress.read_fd)
         if killed_for:
             os.kill(pid, signal.SIGKILL)
         _, status, rusage = os.wait4(pid, 0)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image, ImageOps, ImageSequence
 from pypdf.errors import PyPdfError
@@ -78,11 +78,20 @@ def _image_page(storage: LocalStorage, data: bytes, size: tuple[int, int], media
 # ---------------------------------------------------------------- PDFs
 
 
+class ProgressSink(Protocol):
+    """Where a parse reports how far it has got (``isolation.PageProgress``)."""
+
+    def set_total(self, pages: int) -> None: ...
+
+    def page_done(self) -> None: ...
+
+
 @dataclass
 class PdfOptions:
     password: str | None
     max_pages: int
     render_all: bool = False  # render every page too (text pages keep their text)
+    progress: ProgressSink | None = None
 
 
 def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | None]:
@@ -157,6 +166,8 @@ def _pages_in_range(source: str | bytes, password: str | None, first: int, stop:
                     kind = "text" if visible else "empty"
                     extracted = ExtractedPage(kind=kind, text=text, width=w, height=h)
                 pages.append(extracted)
+                if options.progress is not None:
+                    options.progress.page_done()
             finally:
                 page.close()
         return pages
@@ -176,6 +187,8 @@ def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[Ext
                          f"the PDF has {count} pages; the limit is {options.max_pages}")
     if count == 0:
         raise ParseError("document_unreadable", "the PDF has no pages")
+    if options.progress is not None:
+        options.progress.set_total(count)
     # PDFium spends ~1 ms a page building text: long documents are cut across the cores, each
     # part in its own forked process (PDFium is never shared between threads).
     parts = max(1, min(os.cpu_count() or 1, count // PAGES_PER_PROCESS))

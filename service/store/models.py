@@ -7,7 +7,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -94,6 +105,8 @@ class Document(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(20), default=DocumentStatus.PROCESSING)
     pages: Mapped[int | None] = mapped_column(Integer)
+    # Pages parsed so far while processing (ingestion reports it): the progress of a long parse.
+    pages_parsed: Mapped[int | None] = mapped_column(Integer)
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     # Per page: [kind, text tokens, width, height, image bytes]: what the planner needs.
     page_index: Mapped[list[Any] | None] = mapped_column(JSON)
@@ -212,6 +225,22 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobEvent(Base):
+    """What happened to a job, in commit order: the source of long-polls and event streams.
+
+    Written by ``service.store.events`` in the transaction that made the change."""
+
+    __tablename__ = "job_events"
+    # (job, id): a job's events in order, and its latest one, straight from the index.
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    type: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class WebhookAttempt(Base):
     __tablename__ = "webhook_attempts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -220,3 +249,7 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# Every session appends job events as it flushes (imported last: the listener needs the tables).
+import service.store.events  # noqa: E402,F401

@@ -26,8 +26,8 @@ def _error(code: str | None, message: str | None) -> ErrorDetail | None:
 def document_out(doc: Document) -> DocumentOut:
     return DocumentOut(
         id=doc.id, filename=doc.filename, source_url=doc.source_url, sha256=doc.sha256,
-        media_type=doc.media_type,
-        bytes=doc.bytes, status=DocumentStatus(doc.status), pages=doc.pages, tokens=doc.tokens,
+        media_type=doc.media_type, bytes=doc.bytes, status=DocumentStatus(doc.status),
+        pages=doc.pages, pages_parsed=doc.pages_parsed, tokens=doc.tokens,
         error=_error(doc.error_code, doc.error_message), created_at=doc.created_at,
     )
 

@@ -14,18 +14,34 @@ from service.store.blobs import record_blobs
 from service.store.jobs import jobs_waiting_on
 from service.store.models import Document, DocumentStatus
 from workers.context import WorkerContext
-from workers.isolation import run_isolated
+from workers.isolation import PageProgress, run_isolated
 from workers.parsing import ParseError, PdfOptions, parse_document
 from workers.stages.common import fail_jobs_waiting_on
 
 
+def record_pages_parsed(ctx: WorkerContext, document_id: str) -> PageProgress:
+    """Ingestion reports pages parsed on the document row (and so to the jobs waiting on it)."""
+
+    def update(parsed: int, total: int | None) -> None:
+        try:
+            with ctx.unit_of_work() as uow:
+                doc = uow.session.get(Document, document_id)
+                if doc is not None and doc.status == DocumentStatus.PROCESSING:
+                    doc.pages_parsed, doc.pages = parsed, total
+        except Exception as exc:  # noqa: BLE001 - progress is best effort; the parse goes on
+            log.warning("document.progress.failed", document_id=document_id, error=repr(exc))
+
+    return PageProgress(update)
+
+
 def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = None,
-                   render_all: bool = False) -> dict[str, Any]:
+                   render_all: bool = False, progress: PageProgress | None = None) -> dict[str, Any]:
     """The document's pages artifact key, page index, text tokens and the stored files it made,
     parsed in a child process with CPU-time and memory limits."""
     settings, storage = ctx.settings, ctx.storage
     path = str(storage.path(doc.sha256))
-    options = PdfOptions(password=password, max_pages=settings.max_pages, render_all=render_all)
+    options = PdfOptions(password=password, max_pages=settings.max_pages, render_all=render_all,
+                         progress=progress)
 
     def work() -> dict[str, Any]:
         pages = parse_document(path, doc.media_type, storage, options)
@@ -36,7 +52,7 @@ def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = Non
 
     result: dict[str, Any] = run_isolated(
         work, cpu_s=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_bytes,
-        wall_s=settings.parse_wall_seconds)
+        wall_s=settings.parse_wall_seconds, progress=progress)
     return result
 
 
@@ -59,7 +75,8 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
         try:
             # The password is forgotten after this: render every page now, in case a job
             # reads them as images later.
-            outcome = parse_in_child(ctx, doc, password, render_all=bool(password))
+            outcome = parse_in_child(ctx, doc, password, render_all=bool(password),
+                                     progress=record_pages_parsed(ctx, document_id))
         except ParseError as exc:
             error = (exc.code, exc.message)
     with ctx.unit_of_work() as uow:
@@ -69,6 +86,7 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
         if outcome is not None:
             doc.status, doc.pages_key = DocumentStatus.READY, outcome["pages_key"]
             doc.page_index, doc.pages = outcome["index"], len(outcome["index"])
+            doc.pages_parsed = doc.pages
             doc.tokens = outcome["tokens"]
             record_blobs(uow.session, doc.id, outcome["blobs"])
             log.info("document.ready", document_id=doc.id, pages=doc.pages, tokens=doc.tokens)

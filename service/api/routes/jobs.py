@@ -25,9 +25,12 @@ from schemas.tasks import Task
 from service.api.deps import CurrentTenant, Services, ServicesDep, SessionDep
 from service.api.errors import not_found
 from service.api.routes.common import after_cursor, error_responses
+from service.api.routes.events import wait_for_change
 from service.api.uploads import read_json
 from service.core.jobs import check_cost, make_plan, plan_view
 from service.core.outbound import check_target
+from service.store.db import Database
+from service.store.events import last_event_id
 from service.store.jobs import (
     attach_documents,
     document_pages,
@@ -142,10 +145,30 @@ def list_jobs(tenant: CurrentTenant, session: SessionDep,
     return JobList(data=items, next_before=rows[limit - 1].id if len(rows) > limit else None)
 
 
+def _job_view(db: Database, job_id: str) -> JobOut:
+    with db.session(readonly=True) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job_out(job, job_document_ids(session, job.id))
+
+
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobOut:
-    job = _owned_job(session, tenant, job_id)
-    return job_out(job, job_document_ids(session, job.id))
+async def get_job(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep,
+                  services: ServicesDep,
+                  wait: float = Query(0, ge=0, le=60, description=(
+                      "long-poll: answer as soon as the job changes, or after this many "
+                      "seconds; at once when it has ended"))) -> JobOut:
+    def current() -> tuple[int, JobOut]:
+        seen = last_event_id(session, job_id)  # first: a change after this read is noticed
+        job = _owned_job(session, tenant, job_id)
+        return seen, job_out(job, job_document_ids(session, job.id))
+
+    seen, view = await run_in_threadpool(current)
+    if not wait or view.status.ended:
+        return view
+    await run_in_threadpool(session.close)  # no transaction is held while waiting
+    await wait_for_change(request, services.db, job_id, seen, wait)
+    return await run_in_threadpool(_job_view, services.db, job_id)
 
 
 @router.get("/{job_id}/result", response_model=ResultOut)
