@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutdown, worker_shutting_down
 
-from service.core.logs import configure_logging
+from service.core.logs import configure_logging, log
 from service.core.settings import get_settings
+from service.store.db import Database
+from service.store.leases import hand_back
 from service.store.queue import make_celery
 
 os.umask(0o077)  # stored files and page renders are the service user's alone
@@ -18,6 +22,30 @@ configure_logging(settings.log_level)
 app = make_celery(settings)
 app.conf.include = ["workers.tasks"]
 app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
+
+
+@worker_shutting_down.connect
+def _drain(**_: Any) -> None:
+    """SIGTERM: Celery stops taking tasks and lets those in flight finish; after the grace
+    period whatever is still in flight is handed back (its leases expired at once, so the sweep
+    sends it to another worker now, not a lease later) and the process ends."""
+
+    def give_up() -> None:
+        time.sleep(settings.shutdown_grace_s)
+        try:
+            with Database(settings.resolved_database_url).unit_of_work() as uow:
+                handed = hand_back(uow.session)
+            log.warning("worker.drain.handed_back", leases=handed)
+        finally:
+            os._exit(0)
+
+    threading.Thread(target=give_up, name="longdoc-drain", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _hand_back(**_: Any) -> None:
+    with Database(settings.resolved_database_url).unit_of_work() as uow:
+        hand_back(uow.session)
 
 
 @worker_process_init.connect

@@ -14,6 +14,7 @@ from service.core.jobs import account_limits
 from service.core.profiles import ModelProfile, get_profile
 from service.core.settings import Settings
 from service.store.db import Database, UnitOfWork
+from service.store.leases import start_renewing
 from service.store.queue import TaskQueue
 from service.store.storage import LocalStorage, open_storage
 from workers.model_client import ModelClient
@@ -40,6 +41,10 @@ class WorkerContext:
     def unit_of_work(self) -> Iterator[UnitOfWork]:
         with self.db.unit_of_work(self.queue) as uow:
             yield uow
+
+    def keep_leases(self) -> None:
+        """This process renews the leases it holds while it works (started once)."""
+        start_renewing(self.db.sessionmaker, self.settings.lease_s)
 
     @cached_property
     def client(self) -> ModelClient:

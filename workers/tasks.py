@@ -1,5 +1,7 @@
 """Thin tasks: take an id, run a stage with the worker's context. Stages record expected
-outcomes (a bad file, a refusing model) themselves; a task raises only for the unexpected."""
+outcomes (a bad file, a refusing model) themselves; a task raises only for the unexpected, and
+then its row is held back and retried by the recovery sweep, not by Celery (a retry Celery
+cannot publish while the broker is down would be lost)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from schemas.tasks import Task
 from service.core.settings import get_settings
 from workers.context import WorkerContext
 from workers.stages import deliver, extract, finalize, ingest, plan, sweep
-from workers.stages.common import Subject, fail_after_error
+from workers.stages.common import Subject, record_failure
 
 
 @lru_cache
@@ -22,19 +24,15 @@ def context() -> WorkerContext:
 
 
 class StageTask(CeleryTask):
-    """Retries an unexpected error a few times (backing off), then fails what the task was for."""
+    """An unexpected error holds the row back for a while (the sweep sends it again) and, after
+    ``LONGDOC_TASK_MAX_ATTEMPTS``, fails what the task was for."""
 
     abstract = True
-    autoretry_for = (Exception,)
-    max_retries = 3
-    retry_backoff = 1
-    retry_backoff_max = 60  # countdowns stay well inside the broker's visibility timeout
-    retry_jitter = True
     subject = Subject.JOB
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: Any) -> None:
-        fail_after_error(context(), self.subject, args[0], exc)
+        record_failure(context(), self.subject, args[0], exc)
 
 
 @shared_task(name=Task.INGEST_DOCUMENT.value, base=StageTask, subject=Subject.DOCUMENT)
@@ -57,9 +55,9 @@ def finalize_job(job_id: str) -> None:
     finalize.finalize_job(context(), job_id)
 
 
-@shared_task(name=Task.DELIVER_WEBHOOK.value, autoretry_for=(Exception,), max_retries=4,
-             retry_backoff=2, retry_backoff_max=60)
+@shared_task(name=Task.DELIVER_WEBHOOK.value)
 def deliver_webhook(delivery_id: str) -> None:
+    # A delivery that raised keeps its claim until it lapses; the sweep sends it again.
     deliver.deliver_webhook(context(), delivery_id)
 
 

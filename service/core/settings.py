@@ -73,7 +73,19 @@ class Settings(BaseSettings):
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     )
-    webhook_sweep_interval_s: float = 5.0
+    # Recovery (the database is the schedule): a worker holds a lease on what it works on and
+    # renews it; the sweep re-sends what is runnable and unclaimed every few seconds: an expired
+    # lease (a dead worker) at once, a task sent but never claimed (a lost message) after
+    # ``redispatch_s``.
+    sweep_interval_s: float = 2.0
+    lease_s: float = 30.0
+    redispatch_s: float = 60.0
+    dispatch_window: int = 128  # chunks dispatched or running at a time, all tenants together
+    # A model that keeps failing costs latency, not the job: chunks wait and retry, with
+    # growing delays, for this long before their job fails.
+    model_outage_s: float = 900.0
+    shutdown_grace_s: float = 30.0  # SIGTERM: time to finish what is in flight, then hand back
+    idempotency_ttl_s: float = 86400.0
 
     # Prefix of every broker key: instances with different data dirs can share one Redis.
     queue_prefix: str = ""

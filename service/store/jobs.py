@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 
 from schemas.api import JobCreate
 from schemas.errors import ErrorCode, LongdocError
-from schemas.tasks import Task
 from service.core.jobs import JOB_OPTIONS, DocumentPages, JobSpec, plan_view
 from service.core.planner import Plan
 from service.store.db import UnitOfWork
+from service.store.dispatch import dispatch
 from service.store.models import (
     Chunk,
     Document,
@@ -82,16 +82,20 @@ def jobs_waiting_on(session: Session, document_id: str) -> list[Job]:
         .where(JobDocument.document_id == document_id, Job.status == JobStatus.QUEUED)))
 
 
-def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]) -> None:
-    """Marks the job running with one chunk row per planned call, each sent once committed."""
-    job.status, job.started_at = JobStatus.RUNNING, utcnow()
+def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str],
+              window: int) -> None:
+    """Marks the job running with one chunk row per planned call; as many as the dispatch window
+    has room for are sent once this commits, the rest as slots free up."""
+    now = utcnow()
+    job.status, job.started_at = JobStatus.RUNNING, now
     job.plan = plan_view(plan, document_ids)
     job.chunks_total, job.chunks_done = len(plan.chunks), 0
     for i, chunk in enumerate(plan.chunks):
-        row = Chunk(id=new_id("chk"), job_id=job.id, ordinal=f"{i:05d}",
-                    parts=[p.as_json() for p in chunk.parts], predicted_tokens=chunk.prompt_tokens)
-        uow.session.add(row)
-        uow.send(Task.EXTRACT_CHUNK, row.id)
+        uow.session.add(Chunk(id=new_id("chk"), job_id=job.id, tenant_id=job.tenant_id,
+                              ordinal=f"{i:05d}", parts=[p.as_json() for p in chunk.parts],
+                              predicted_tokens=chunk.prompt_tokens, created_at=now))
+    uow.session.flush()
+    dispatch(uow, window)
 
 
 def lock_job(session: Session, job_id: str) -> Job:

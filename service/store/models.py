@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -28,10 +29,18 @@ __all__ = ["ChunkStatus", "DeliveryStatus", "DocumentStatus", "JobStatus"]
 
 
 class ChunkStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
+    PENDING = "pending"  # runnable (from not_before on), waiting for a dispatch slot
+    DISPATCHED = "dispatched"  # sent to the model queue, not yet claimed
+    RUNNING = "running"  # claimed: a worker holds its lease
     DONE = "done"
     SPLIT = "split"  # replaced by two smaller chunks
+
+
+class CallStatus(StrEnum):
+    SENT = "sent"  # recorded before the request left: on the books whatever happens next
+    ANSWERED = "answered"
+    FAILED = "failed"  # no answer came (refused, timed out, connection lost before a response)
+    UNKNOWN = "unknown"  # its worker died while it was in flight: the endpoint may have billed it
 
 
 class DeliveryStatus(StrEnum):
@@ -68,6 +77,16 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
 
 
+class Leased:
+    """A unit of work that a worker claims with a conditional update and renews while it works
+    (``service.store.leases``). The recovery sweep re-sends what is runnable and unclaimed:
+    an expired lease (a dead worker), or a task sent long ago and never claimed (a lost message)."""
+
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -94,7 +113,7 @@ def is_id(value: str, prefix: str) -> bool:
             and all(c in "0123456789abcdef" for c in value[len(prefix) + 1:]))
 
 
-class Document(Base):
+class Document(Leased, Base):
     __tablename__ = "documents"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -130,7 +149,7 @@ class DocumentBlob(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
-class Job(Base):
+class Job(Leased, Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -151,6 +170,11 @@ class Job(Base):
     gateway_cost_usd: Mapped[float | None] = mapped_column(Float)
     finalizing: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Calls whose worker died in flight: their predicted prompt is in cost_usd as an estimate.
+    unknown_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # Set while a chunk waits for the model to come back (an outage costs latency, not the job).
+    waiting_reason: Mapped[str | None] = mapped_column(String(60))
+    waiting_since: Mapped[datetime | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -165,21 +189,25 @@ class JobDocument(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
-class Chunk(Base):
+class Chunk(Leased, Base):
     __tablename__ = "chunks"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))  # for fair dispatch across tenants
     # Sort key that keeps document order through splits: "0003", then "0003.0001", ...
     ordinal: Mapped[str] = mapped_column(String(200))
     # [{"document": position, "page": n, "span": [start, end] | null}, ...]
     parts: Mapped[list[Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default=ChunkStatus.PENDING)
+    status: Mapped[str] = mapped_column(String(20), default=ChunkStatus.PENDING, index=True)
+    not_before: Mapped[datetime | None] = mapped_column()  # a retry after a model outage
+    outage_since: Mapped[datetime | None] = mapped_column()  # first unavailable answer in a row
     predicted_tokens: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     finish_reason: Mapped[str | None] = mapped_column(String(40))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -187,7 +215,9 @@ class ModelCall(Base):
     __tablename__ = "model_calls"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    chunk_id: Mapped[str | None] = mapped_column(String(40))
+    chunk_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=CallStatus.SENT, index=True)
+    purpose: Mapped[str] = mapped_column(String(20), default="extract")  # or "merge"
     model: Mapped[str | None] = mapped_column(String(200))
     status_code: Mapped[int | None] = mapped_column(Integer)
     finish_reason: Mapped[str | None] = mapped_column(String(40))
@@ -200,6 +230,22 @@ class ModelCall(Base):
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A request made once whatever the retries (``Idempotency-Key``, as Stripe does): the
+    response is kept for a day and given again to a retry with the same key and body."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "endpoint", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    endpoint: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Result(Base):

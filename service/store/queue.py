@@ -6,6 +6,7 @@ from celery import Celery
 from kombu.entity import Queue as KombuQueue
 
 from schemas.tasks import Queue, Send, Task
+from service.core.logs import log
 from service.core.settings import Settings
 
 
@@ -33,13 +34,19 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "global_keyprefix": settings.resolved_queue_prefix,
             "socket_timeout": 10,
-            "socket_connect_timeout": 5,
+            "socket_connect_timeout": 2,
         },
+        # A send that fails is not retried here: the row is committed and the recovery sweep
+        # sends it again (the database is the schedule), so a broker outage never holds up or
+        # fails a request.
+        task_publish_retry=False,
+        broker_connection_timeout=2,
+
         worker_hijack_root_logger=False,
         task_send_sent_event=False,
         worker_send_task_events=False,
         beat_schedule={
-            "sweep": {"task": Task.SWEEP.value, "schedule": settings.webhook_sweep_interval_s},
+            "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s},
             "collect-blobs": {"task": Task.COLLECT_BLOBS.value,
                               "schedule": settings.blob_gc_interval_s},
         },
@@ -54,6 +61,13 @@ class TaskQueue:
         self.celery = celery
 
     def send_all(self, sends: list[Send]) -> None:
-        for send in sends:
-            self.celery.send_task(send.task.value, args=[send.arg], queue=send.task.queue.value,
-                                  countdown=send.countdown)
+        """Sends what it can; a task that cannot be sent is left to the recovery sweep (its row
+        is committed and says it is waiting)."""
+        for i, send in enumerate(sends):
+            try:
+                self.celery.send_task(send.task.value, args=[send.arg],
+                                      queue=send.task.queue.value, countdown=send.countdown)
+            except Exception as exc:  # noqa: BLE001 - a broker outage, whatever the transport
+                log.warning("queue.send_failed", task=send.task.value, unsent=len(sends) - i,
+                            error=type(exc).__name__)
+                return

@@ -105,7 +105,11 @@ class Stack:
             "LONGDOC_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
             "LONGDOC_URL_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
             "LONGDOC_WEBHOOK_RETRY_SCHEDULE": "0,0.5,1,1,1",
-            "LONGDOC_WEBHOOK_SWEEP_INTERVAL_S": "1",
+            "LONGDOC_SWEEP_INTERVAL_S": "1",
+            # Recovery within seconds, not the production minute: a dead worker's lease lapses
+            # after 5 s, a lost message is sent again after 5 s.
+            "LONGDOC_LEASE_S": "5",
+            "LONGDOC_REDISPATCH_S": "5",
             "LONGDOC_MODEL_CONCURRENCY": str(self.model_concurrency),
             "LONGDOC_LOG_LEVEL": "WARNING",
             **self.env_extra,

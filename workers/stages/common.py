@@ -1,9 +1,12 @@
-"""What several stages do: end a job (with its webhook event), record a model call's usage,
-and fail what a task was for when it kept raising."""
+"""What several stages do: end a job (with its webhook event), keep every model call on the
+books, and hold back (then fail) what a task was for when it raised."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from schemas.errors import ErrorCode
 from schemas.tasks import Task
@@ -12,8 +15,11 @@ from service.core.profiles import ModelProfile
 from service.core.webhooks import event_body
 from service.store.db import UnitOfWork
 from service.store.jobs import job_document_ids, jobs_waiting_on
+from service.store.leases import release
 from service.store.models import (
+    CallStatus,
     Chunk,
+    ChunkStatus,
     Document,
     DocumentStatus,
     Job,
@@ -66,18 +72,36 @@ def fail_jobs_waiting_on(uow: UnitOfWork, document_id: str, reason: str) -> None
         fail_job(uow, job, ErrorCode.DOCUMENT_FAILED, f"document {document_id} failed: {reason}")
 
 
-def record_call(job: Job, chunk_id: str | None, call: CallResult | None, predicted: int,
-                profile: ModelProfile) -> ModelCall | None:
-    """The call's row and its usage added to the job; the caller adds the row to its session."""
+def open_call(uow: UnitOfWork, job: Job, chunk_id: str | None, predicted: int,
+              purpose: str = "extract") -> ModelCall:
+    """The call's row, written before the request leaves: every call the endpoint may bill is
+    on the books, whatever happens to this worker next."""
+    row = ModelCall(job_id=job.id, chunk_id=chunk_id, status=CallStatus.SENT, purpose=purpose,
+                    predicted_prompt_tokens=predicted)
+    uow.session.add(row)
+    uow.session.flush()
+    return row
+
+
+def settle_call(session: Session, job: Job, row: ModelCall, call: CallResult | None,
+                error: str | None, profile: ModelProfile) -> None:
+    """Records how a call ended, and its usage on the job (once: a call already settled as
+    unknown by the sweep has its estimate replaced by what was reported)."""
+    if row.status == CallStatus.UNKNOWN:
+        job.unknown_calls = max(0, job.unknown_calls - 1)
+        job.cost_usd -= row.cost_usd
+        row.cost_usd = 0.0
+    elif row.status != CallStatus.SENT:
+        return
     if call is None:
-        return None
+        row.status, row.error = CallStatus.FAILED, (error or "no answer")[:500]
+        return
     cost = profile.cost_usd(call.prompt_tokens, call.cached_tokens, call.completion_tokens)
-    row = ModelCall(
-        job_id=job.id, chunk_id=chunk_id, model=call.model, status_code=200,
-        finish_reason=call.finish_reason, predicted_prompt_tokens=predicted,
-        prompt_tokens=call.prompt_tokens, cached_tokens=call.cached_tokens,
-        completion_tokens=call.completion_tokens, cost_usd=cost,
-        gateway_cost_usd=call.gateway_cost_usd, latency_ms=call.latency_ms)
+    row.status, row.model, row.status_code = CallStatus.ANSWERED, call.model, 200
+    row.finish_reason, row.latency_ms = call.finish_reason, call.latency_ms
+    row.prompt_tokens, row.cached_tokens = call.prompt_tokens, call.cached_tokens
+    row.completion_tokens, row.cost_usd = call.completion_tokens, cost
+    row.gateway_cost_usd = call.gateway_cost_usd
     job.prompt_tokens += call.prompt_tokens
     job.cached_tokens += call.cached_tokens
     job.completion_tokens += call.completion_tokens
@@ -85,30 +109,67 @@ def record_call(job: Job, chunk_id: str | None, call: CallResult | None, predict
     if call.gateway_cost_usd is not None:
         job.gateway_cost_usd = (job.gateway_cost_usd or 0.0) + call.gateway_cost_usd
     job.model = job.model or call.model
-    if predicted and call.prompt_tokens != predicted:
-        log.info("model.call.count_mismatch", job_id=job.id, predicted=predicted,
-                 reported=call.prompt_tokens)
-    return row
+    if row.predicted_prompt_tokens and call.prompt_tokens != row.predicted_prompt_tokens:
+        log.info("model.call.count_mismatch", job_id=job.id,
+                 predicted=row.predicted_prompt_tokens, reported=call.prompt_tokens)
 
 
-def fail_after_error(ctx: WorkerContext, subject: Subject, object_id: str,
-                     error: BaseException) -> None:
-    """A task that kept raising (a bug, a database outage) ends its document or job as failed
-    instead of leaving it waiting forever."""
+def mark_unknown_calls(session: Session, job: Job, profile: ModelProfile,
+                       chunk_id: str | None = None, purpose: str = "extract") -> int:
+    """Calls left in flight by a worker that died: the endpoint may have answered and billed
+    them. Their predicted prompt goes into the job's cost as an estimate (flagged)."""
+    query = select(ModelCall).where(ModelCall.job_id == job.id, ModelCall.status == CallStatus.SENT,
+                                    ModelCall.purpose == purpose)
+    if chunk_id is not None:
+        query = query.where(ModelCall.chunk_id == chunk_id)
+    rows = list(session.scalars(query))
+    for row in rows:
+        row.status, row.error = CallStatus.UNKNOWN, "its worker stopped while the call was in flight"
+        row.cost_usd = profile.cost_usd(row.predicted_prompt_tokens, 0, 0)
+        job.cost_usd += row.cost_usd
+        job.unknown_calls += 1
+    return len(rows)
+
+
+def backoff_s(attempts: int, cap: float) -> float:
+    return float(min(cap, 2 ** max(0, attempts - 1)))
+
+
+def record_failure(ctx: WorkerContext, subject: Subject, object_id: str,
+                   error: BaseException) -> None:
+    """A task raised (a bug, a lost file, a database blip): the row is held back for a while and
+    the recovery sweep sends it again; after ``task_max_attempts`` its document or job fails
+    with ``internal_error`` instead of waiting forever."""
     message = f"internal error: {type(error).__name__}"
-    with ctx.unit_of_work() as uow:
-        job: Job | None = None
-        if subject == Subject.DOCUMENT:
-            doc = uow.session.get(Document, object_id)
-            if doc is not None and doc.status == DocumentStatus.PROCESSING:
-                doc.status, doc.error_code = DocumentStatus.FAILED, ErrorCode.INTERNAL_ERROR
-                doc.error_message, doc.password_sealed = message, None
-            fail_jobs_waiting_on(uow, object_id, message)
-        elif subject == Subject.CHUNK:
-            chunk = uow.session.get(Chunk, object_id)
-            job = uow.session.get(Job, chunk.job_id) if chunk is not None else None
-        else:
-            job = uow.session.get(Job, object_id)
-        if job is not None:
-            fail_job(uow, job, ErrorCode.INTERNAL_ERROR, message)
+    settings = ctx.settings
     log.error("task.failed", kind=subject, id=object_id, error=type(error).__name__)
+    with ctx.unit_of_work() as uow:
+        row: Document | Job | Chunk | None
+        if subject == Subject.DOCUMENT:
+            row = uow.session.get(Document, object_id)
+        elif subject == Subject.CHUNK:
+            row = uow.session.get(Chunk, object_id)
+        else:
+            row = uow.session.get(Job, object_id)
+        if row is None:
+            return
+        row.attempts += 1
+        give_up = row.attempts >= settings.task_max_attempts
+        release(row, 0.0 if give_up else backoff_s(row.attempts, settings.lease_s))
+        if isinstance(row, Document):
+            if give_up and row.status == DocumentStatus.PROCESSING:
+                row.status, row.error_code = DocumentStatus.FAILED, ErrorCode.INTERNAL_ERROR
+                row.error_message, row.password_sealed = message, None
+                fail_jobs_waiting_on(uow, object_id, message)
+            return
+        job = row if isinstance(row, Job) else uow.session.get(Job, row.job_id)
+        if job is None:
+            return
+        if isinstance(row, Chunk):
+            mark_unknown_calls(uow.session, job, ctx.profile, chunk_id=row.id)
+            if row.status == ChunkStatus.RUNNING:
+                row.status = ChunkStatus.PENDING
+        elif job.finalizing:
+            mark_unknown_calls(uow.session, job, ctx.profile, purpose="merge")
+        if give_up:
+            fail_job(uow, job, ErrorCode.INTERNAL_ERROR, message)

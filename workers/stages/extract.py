@@ -1,13 +1,16 @@
-"""Extraction: one model call per chunk. The answer is stored, or the chunk is split when it was
-too large or its answer was cut off; the last chunk to finish sends the job to finalize."""
+"""Extraction: one model call per chunk. A worker claims the chunk, records the call before it
+leaves, calls the model, and stores the answer — or splits the chunk when it was too large or
+its answer was cut off, or makes it wait when the model is down. The last chunk to finish sends
+the job to finalize; every chunk that ends frees a dispatch slot for the next."""
 
 from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from schemas.errors import ErrorCode
@@ -20,12 +23,23 @@ from service.core.pages import PageKind
 from service.core.planner import Part, PlanningError, split_in_two
 from service.core.prompt import format_fields, page_header, system_text
 from service.store.db import UnitOfWork
+from service.store.dispatch import dispatch
 from service.store.jobs import document_pages, job_document_ids, job_documents, lock_job
-from service.store.models import Chunk, ChunkStatus, Document, Job, JobStatus, new_id
+from service.store.leases import claim, holds, release
+from service.store.models import (
+    Chunk,
+    ChunkStatus,
+    Document,
+    Job,
+    JobStatus,
+    ModelCall,
+    new_id,
+    utcnow,
+)
 from service.store.storage import LocalStorage
 from workers.context import WorkerContext
 from workers.model_client import CallResult, ModelCallFailed, RequestTooLarge
-from workers.stages.common import fail_job, record_call
+from workers.stages.common import fail_job, open_call, settle_call
 from workers.stages.finalize import PreparedResult, prepare_result, store_result
 
 
@@ -83,7 +97,8 @@ def refresh_progress(session: Session, job: Job) -> int:
         select(Chunk.status, func.count()).where(Chunk.job_id == job.id).group_by(Chunk.status))}
     job.chunks_done = counts.get(ChunkStatus.DONE, 0)
     job.chunks_total = sum(n for status, n in counts.items() if status != ChunkStatus.SPLIT)
-    return counts.get(ChunkStatus.PENDING, 0) + counts.get(ChunkStatus.RUNNING, 0)
+    return sum(counts.get(status, 0) for status in (
+        ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING))
 
 
 def split_chunk(ctx: WorkerContext, uow: UnitOfWork, job: Job, chunk: Chunk,
@@ -92,12 +107,11 @@ def split_chunk(ctx: WorkerContext, uow: UnitOfWork, job: Job, chunk: Chunk,
     halves = split_in_two(parts, TextLoader(ctx.storage, [document_pages(d) for d in docs]))
     chunk.status = ChunkStatus.SPLIT
     for i, half in enumerate(halves):
-        child = Chunk(id=new_id("chk"), job_id=job.id, ordinal=f"{chunk.ordinal}.{i:04d}",
-                      parts=[p.as_json() for p in half],
-                      predicted_tokens=chunk.predicted_tokens - sum(p.tokens for p in parts)
-                      + sum(p.tokens for p in half))
-        uow.session.add(child)
-        uow.send(Task.EXTRACT_CHUNK, child.id)
+        # Pending, and dispatched like any other chunk (before later chunks: same creation time).
+        uow.session.add(Chunk(id=new_id("chk"), job_id=job.id, tenant_id=job.tenant_id,
+                              ordinal=f"{chunk.ordinal}.{i:04d}", parts=[p.as_json() for p in half],
+                              predicted_tokens=chunk.predicted_tokens - sum(p.tokens for p in parts)
+                              + sum(p.tokens for p in half), created_at=chunk.created_at))
     uow.session.flush()
     refresh_progress(uow.session, job)
     update_plan(uow.session, job)
@@ -112,34 +126,53 @@ def update_plan(session: Session, job: Job) -> None:
     job.plan = {**(job.plan or {}), "calls": len(chunks), "chunks": chunks}
 
 
+# Failures that mean "the model is not answering right now": the chunk waits and tries again.
+OUTAGE = {ErrorCode.MODEL_UNAVAILABLE, ErrorCode.RATE_LIMITED}
+
+
+def outage_delay(elapsed_s: float) -> float:
+    """Growing waits while the model stays unavailable: 5 s, then about the time waited so far
+    (5, 10, 20, 40, ...), at most two minutes."""
+    return min(120.0, max(5.0, elapsed_s))
+
+
 def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
+    settings = ctx.settings
     with ctx.unit_of_work() as uow:
         chunk = uow.session.get(Chunk, chunk_id)
-        if chunk is None or chunk.status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
+        if chunk is None:
             return
         job = uow.session.get(Job, chunk.job_id)
         assert job is not None
+        if chunk.status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
+            finish_if_done(uow, job)  # a redelivered task: what follows is sent again
+            return
         if job.status != JobStatus.RUNNING:
             return  # canceled or already failed: no further calls
-        chunk.attempts += 1
-        chunk.status = ChunkStatus.RUNNING
-        if chunk.attempts > ctx.settings.task_max_attempts:
+        if chunk.attempts >= settings.task_max_attempts:
             fail_job(uow, job, ErrorCode.CHUNK_FAILED,
-                     f"a chunk was interrupted {chunk.attempts - 1} times")
+                     f"a chunk was interrupted {chunk.attempts} times")
             return
+        now = utcnow()
+        if not claim(uow.session, Chunk, chunk_id, [ChunkStatus.DISPATCHED, ChunkStatus.PENDING],
+                     settings.lease_s, now, status=ChunkStatus.RUNNING,
+                     extra=[or_(Chunk.not_before.is_(None), Chunk.not_before <= now)]):
+            return  # held by another worker, or waiting out a model outage
         docs = job_documents(uow.session, job.id)
         parts = [Part.from_json(p) for p in chunk.parts]
         # The common case, one call: nothing to merge, so the job can end in the transaction
         # that records the answer (validated before it opens).
         single = job.chunks_total == 1 and (job.options or {}).get("merge") != "model"
+        call_id = open_call(uow, job, chunk_id, chunk.predicted_tokens).id
+    ctx.keep_leases()
     call: CallResult | None = None
     failure: ModelCallFailed | None = None
     too_large = False
     try:
         body = build_request(ctx, job, parts, docs, chunk.predicted_tokens)
         call = ctx.client.complete(body, prompt_tokens=chunk.predicted_tokens)
-    except RequestTooLarge:
-        too_large = True
+    except RequestTooLarge as exc:
+        too_large, failure = True, exc
     except ModelCallFailed as exc:
         failure = exc
     except PlanningError as exc:
@@ -157,17 +190,24 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, chunk.job_id)
         chunk = uow.session.get(Chunk, chunk_id)
-        assert chunk is not None
-        if chunk.status in (ChunkStatus.DONE, ChunkStatus.SPLIT):
-            return  # another delivery of this task got there first
-        row = record_call(job, chunk_id, call, chunk.predicted_tokens, ctx.profile)
-        if row is not None:
-            uow.session.add(row)
+        row = uow.session.get(ModelCall, call_id)
+        assert chunk is not None and row is not None
+        # On the books whatever happens to the chunk: the endpoint answered (or not).
+        settle_call(uow.session, job, row, call, failure.message if failure else None, ctx.profile)
+        if chunk.status != ChunkStatus.RUNNING or not holds(chunk):
+            return  # taken over by another worker (this one was presumed dead): not applied
+        release(chunk)
         if job.status != JobStatus.RUNNING:
+            chunk.status = ChunkStatus.PENDING
             return
-        if failure is not None:
+        if failure is not None and failure.code in OUTAGE and not too_large:
+            wait_for_model(ctx, uow, job, chunk, failure)
+            return
+        if failure is not None and not too_large:
             fail_job(uow, job, failure.code, failure.message)
             return
+        chunk.outage_since = None
+        job.waiting_reason = job.waiting_since = None
         if too_large or (call is not None and call.finish_reason == "length"):
             try:
                 split_chunk(ctx, uow, job, chunk, docs)
@@ -191,4 +231,34 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
             if job.chunks_total == 1 and prepared is not None:
                 store_result(uow, job, prepared)
             else:
+                job.dispatched_at = utcnow()
                 uow.send(Task.FINALIZE_JOB, job.id)
+    with ctx.unit_of_work() as uow:
+        dispatch(uow, settings.dispatch_window)  # the slot this chunk held goes to the next
+
+
+def wait_for_model(ctx: WorkerContext, uow: UnitOfWork, job: Job, chunk: Chunk,
+                   failure: ModelCallFailed) -> None:
+    """The model is down or out of capacity: the chunk waits and tries again later, for up to
+    ``LONGDOC_MODEL_OUTAGE_S`` since its first failure, and the job says it is waiting."""
+    now = utcnow()
+    since = chunk.outage_since or now
+    waited = (now - since).total_seconds()
+    if waited >= ctx.settings.model_outage_s:
+        fail_job(uow, job, failure.code, f"{failure.message}; the model has not answered for "
+                 f"{waited:.0f} s (LONGDOC_MODEL_OUTAGE_S)")
+        return
+    delay = outage_delay(waited)
+    chunk.status, chunk.outage_since = ChunkStatus.PENDING, since
+    chunk.not_before = now + timedelta(seconds=delay)
+    job.waiting_reason = failure.code
+    job.waiting_since = job.waiting_since or now
+    log.info("job.chunk.waiting_for_model", job_id=job.id, chunk_id=chunk.id,
+             code=failure.code, retry_in_s=delay)
+
+
+def finish_if_done(uow: UnitOfWork, job: Job) -> None:
+    """Every chunk done but the job not finalized (a lost message): sent again."""
+    if job.status == JobStatus.RUNNING and job.finalizing:
+        job.dispatched_at = utcnow()
+        uow.send(Task.FINALIZE_JOB, job.id)

@@ -16,10 +16,11 @@ from service.core.merge import Conflict, MergeOutcome, apply_choices, merge_answ
 from service.core.prompt import count_request, format_fields
 from service.store.db import UnitOfWork
 from service.store.jobs import lock_job
-from service.store.models import Chunk, ChunkStatus, Job, JobStatus, Result
+from service.store.leases import claim, holds, release
+from service.store.models import Chunk, ChunkStatus, Job, JobStatus, ModelCall, Result
 from workers.context import WorkerContext
 from workers.model_client import CallResult, ModelCallFailed
-from workers.stages.common import fail_job, finish_job, record_call
+from workers.stages.common import fail_job, finish_job, open_call, settle_call
 
 RESOLVE_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["choices"],
@@ -29,14 +30,13 @@ RESOLVE_SCHEMA = {
 }
 
 
-def resolve_conflicts(ctx: WorkerContext, job: Job,
-                      conflicts: list[Conflict]) -> tuple[dict[str, Any], CallResult]:
+def conflicts_request(ctx: WorkerContext, job: Job, conflicts: list[Conflict]) -> dict[str, Any]:
     """``merge: "model"``: one small call picks a value for each conflicting field."""
     listing = "\n\n".join(
         f"path: {c.path}\n" + "\n".join(f"index {i}: {json.dumps(v, ensure_ascii=False)}"
                                          for i, v in enumerate(c.values))
         for c in conflicts)
-    body = {
+    return {
         "model": ctx.settings.resolved_model_id,
         "messages": [
             {"role": "system", "content": "Parts of a long document gave different values for "
@@ -47,42 +47,60 @@ def resolve_conflicts(ctx: WorkerContext, job: Job,
         **format_fields(RESOLVE_SCHEMA, "json_schema"),
         "max_completion_tokens": min(4096, ctx.profile.max_output_tokens), "temperature": 0,
     }
-    call = ctx.client.complete(body, prompt_tokens=count_request(body, ctx.profile))
+
+
+def chosen_values(call: CallResult, conflicts: list[Conflict]) -> dict[str, Any]:
     chosen: dict[str, Any] = {}
     by_path = {c.path: c for c in conflicts}
     for choice in json.loads(call.content or "{}").get("choices", []):
         conflict = by_path.get(choice.get("path"))
         if conflict is not None and 0 <= choice.get("index", -1) < len(conflict.values):
             chosen[conflict.path] = conflict.values[choice["index"]]
-    return chosen, call
+    return chosen
 
 
 def finalize_job(ctx: WorkerContext, job_id: str) -> None:
+    settings = ctx.settings
     with ctx.unit_of_work() as uow:
         job = uow.session.get(Job, job_id)
-        if job is None or job.status != JobStatus.RUNNING:
+        if job is None or job.status != JobStatus.RUNNING or not job.finalizing:
+            return
+        if not claim(uow.session, Job, job_id, [JobStatus.RUNNING], settings.lease_s):
             return
         chunks = uow.session.scalars(
             select(Chunk).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.DONE)
             .order_by(Chunk.ordinal)).all()
         answers = [c.result["answer"] for c in chunks if c.result]
-    outcome = merge_answers(answers, job.schema)
+        outcome = merge_answers(answers, job.schema)
+        body: dict[str, Any] | None = None
+        call_id: int | None = None
+        if (job.options or {}).get("merge") == "model" and outcome.conflicts:
+            body = conflicts_request(ctx, job, outcome.conflicts)
+            predicted = count_request(body, ctx.profile)
+            call_id = open_call(uow, job, None, predicted, purpose="merge").id
+    ctx.keep_leases()
     call: CallResult | None = None
+    error: str | None = None
     resolved: dict[str, Any] = {}
-    if (job.options or {}).get("merge") == "model" and outcome.conflicts:
+    if body is not None:
         try:
-            resolved, call = resolve_conflicts(ctx, job, outcome.conflicts)
+            call = ctx.client.complete(body, prompt_tokens=predicted)
+            resolved = chosen_values(call, outcome.conflicts)
         except (ModelCallFailed, ValueError) as exc:
-            log.warning("job.merge.model_failed", job_id=job_id, error=str(exc))
+            error = str(exc)
+            log.warning("job.merge.model_failed", job_id=job_id, error=type(exc).__name__)
     prepared = prepare_result(job.schema, outcome, resolved)
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
-        if job.status != JobStatus.RUNNING or uow.session.get(Result, job_id) is not None:
+        if call_id is not None:
+            row = uow.session.get(ModelCall, call_id)
+            assert row is not None
+            settle_call(uow.session, job, row, call, error, ctx.profile)
+        if job.status != JobStatus.RUNNING or not holds(job):
             return
-        row = record_call(job, None, call, 0, ctx.profile)
-        if row is not None:
-            uow.session.add(row)
-        store_result(uow, job, prepared)
+        release(job)
+        if uow.session.get(Result, job_id) is None:
+            store_result(uow, job, prepared)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Ingestion: parse the stored file in an isolated child into a pages artifact, record the page
-index on the document, then start (or fail) the jobs that were waiting for it."""
+"""Ingestion: claim the document, parse the stored file in an isolated child into a pages
+artifact, record the page index, then plan (or fail) the jobs that were waiting for it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from service.core.logs import log
 from service.core.pages import page_info, save_pages
 from service.core.secrets import unseal
 from service.store.blobs import record_blobs
+from service.store.db import UnitOfWork
 from service.store.jobs import jobs_waiting_on
-from service.store.models import Document, DocumentStatus
+from service.store.leases import claim, holds, release
+from service.store.models import Document, DocumentStatus, utcnow
 from workers.context import WorkerContext
 from workers.isolation import PageProgress, run_isolated
 from workers.parsing import ParseError, PdfOptions, parse_document
@@ -57,16 +59,21 @@ def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = Non
 
 
 def ingest_document(ctx: WorkerContext, document_id: str) -> None:
+    settings = ctx.settings
     with ctx.unit_of_work() as uow:
-        doc = uow.session.get(Document, document_id)
-        if doc is None or doc.status != DocumentStatus.PROCESSING:
+        if not claim(uow.session, Document, document_id, [DocumentStatus.PROCESSING], settings.lease_s):
+            # Done already (a redelivered task) or held by another worker: re-send what follows.
+            doc = uow.session.get(Document, document_id)
+            if doc is not None and doc.status == DocumentStatus.READY:
+                plan_waiting_jobs(uow, document_id)
             return
-        doc.attempts += 1
-        attempts = doc.attempts
+        doc = uow.session.get(Document, document_id)
+        assert doc is not None
+    ctx.keep_leases()
     outcome: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
-    password = unseal(ctx.settings, doc.password_sealed) if doc.password_sealed else None
-    if attempts > ctx.settings.task_max_attempts:
+    password = unseal(settings, doc.password_sealed) if doc.password_sealed else None
+    if doc.attempts >= settings.task_max_attempts:
         error = (ErrorCode.DOCUMENT_UNREADABLE, "ingestion was interrupted too many times")
     elif doc.password_sealed and password is None:
         error = (ErrorCode.PDF_PASSWORD_INCORRECT,
@@ -82,6 +89,10 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
     with ctx.unit_of_work() as uow:
         doc = uow.session.get(Document, document_id)
         assert doc is not None
+        if not holds(doc):
+            log.info("document.lease_lost", document_id=document_id)
+            return  # another worker took over: it records the outcome
+        release(doc)
         doc.password_sealed = None
         if outcome is not None:
             doc.status, doc.pages_key = DocumentStatus.READY, outcome["pages_key"]
@@ -90,17 +101,20 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
             doc.tokens = outcome["tokens"]
             record_blobs(uow.session, doc.id, outcome["blobs"])
             log.info("document.ready", document_id=doc.id, pages=doc.pages, tokens=doc.tokens)
+            plan_waiting_jobs(uow, document_id)
         else:
             assert error is not None
             doc.status, doc.error_code, doc.error_message = DocumentStatus.FAILED, *error
             log.info("document.failed", document_id=doc.id, code=error[0])
-    with ctx.unit_of_work() as uow:
-        # After the commit: a job created meanwhile either saw "ready" or is found here.
-        if error is not None:
             fail_jobs_waiting_on(uow, document_id, f"{error[0]}: {error[1]}")
-        else:
-            for job in jobs_waiting_on(uow.session, document_id):
-                uow.send(Task.PLAN_JOB, job.id)
+
+
+def plan_waiting_jobs(uow: UnitOfWork, document_id: str) -> None:
+    """Jobs that waited for this document are planned now (each once all its documents are)."""
+    now = utcnow()
+    for job in jobs_waiting_on(uow.session, document_id):
+        job.dispatched_at = now
+        uow.send(Task.PLAN_JOB, job.id)
 
 
 def ensure_page_images(ctx: WorkerContext, doc: Document) -> None:

@@ -1,11 +1,13 @@
 """Planning for jobs whose documents were not ready when the job was created (or that need
-page renders): the budget, the fewest balanced chunks, one chunk row and task per call."""
+page renders): the budget, the fewest balanced chunks, one chunk row per call, dispatched as
+slots allow."""
 
 from __future__ import annotations
 
 from schemas.errors import ErrorCode, LongdocError
 from service.core.jobs import check_cost, make_plan, needs_page_renders
 from service.core.planner import Plan
+from service.store.dispatch import dispatch
 from service.store.jobs import (
     document_pages,
     first_failed,
@@ -14,6 +16,7 @@ from service.store.jobs import (
     lock_job,
     start_job,
 )
+from service.store.leases import claim, holds, release
 from service.store.models import DocumentStatus, Job, JobStatus
 from workers.context import WorkerContext
 from workers.parsing import ParseError
@@ -22,9 +25,15 @@ from workers.stages.ingest import ensure_page_images
 
 
 def plan_job(ctx: WorkerContext, job_id: str) -> None:
+    settings = ctx.settings
     with ctx.unit_of_work() as uow:
         job = uow.session.get(Job, job_id)
-        if job is None or job.status != JobStatus.QUEUED:
+        if job is None:
+            return
+        if job.status == JobStatus.RUNNING:
+            dispatch(uow, settings.dispatch_window)  # planned already: its chunks go on
+            return
+        if job.status != JobStatus.QUEUED:
             return
         docs = job_documents(uow.session, job_id)
         failed = first_failed(docs)
@@ -34,10 +43,12 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             return
         if any(d.status != DocumentStatus.READY for d in docs):
             return  # the last document to be ready sends this task again
-        job.attempts += 1
-        if job.attempts > ctx.settings.task_max_attempts:
+        if job.attempts >= settings.task_max_attempts:
             fail_job(uow, job, ErrorCode.PLANNING_FAILED, "planning was interrupted too often")
             return
+        if not claim(uow.session, Job, job_id, [JobStatus.QUEUED], settings.lease_s):
+            return
+    ctx.keep_leases()
     spec = job_spec(job)
     plan: Plan | None = None
     try:
@@ -45,18 +56,19 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             for doc in docs:
                 if needs_page_renders(document_pages(doc)):
                     ensure_page_images(ctx, doc)
-        plan = make_plan(spec, [document_pages(d) for d in docs], ctx.profile, ctx.settings,
+        plan = make_plan(spec, [document_pages(d) for d in docs], ctx.profile, settings,
                          ctx.storage)
-        check_cost(spec, plan, ctx.profile, ctx.settings)
+        check_cost(spec, plan, ctx.profile, settings)
         error = None
     except (LongdocError, ParseError) as exc:
         error = exc
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
-        if job.status != JobStatus.QUEUED:
+        if job.status != JobStatus.QUEUED or not holds(job):
             return
+        release(job)
         if error is not None or plan is None:
             assert error is not None
             fail_job(uow, job, error.code, error.message)
             return
-        start_job(uow, job, plan, [d.id for d in docs])
+        start_job(uow, job, plan, [d.id for d in docs], settings.dispatch_window)

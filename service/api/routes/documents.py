@@ -15,7 +15,7 @@ from service.api.routes.common import after_cursor, error_responses
 from service.api.uploads import UploadedFile, read_json, receive_upload
 from service.core.mediatypes import sniff
 from service.core.secrets import seal
-from service.store.models import Document, DocumentStatus, is_id, new_id
+from service.store.models import Document, DocumentStatus, is_id, new_id, utcnow
 from service.store.views import document_out
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=error_responses(
@@ -73,6 +73,7 @@ def _record_upload(services: Services, tenant_id: str, upload: UploadedFile, med
         # Filed under its hash just before the row commits: a crash in between leaves a file
         # no row refers to, which the blob sweep removes.
         doc.sha256 = upload.commit()
+        doc.dispatched_at = utcnow()
         uow.session.add(doc)
         uow.send(Task.INGEST_DOCUMENT, doc.id)
     return doc

@@ -120,10 +120,11 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session,
         uow.session.flush()
         attach_documents(uow.session, job, docs)
         if plan is not None:
-            start_job(uow, job, plan, body.document_ids)
+            start_job(uow, job, plan, body.document_ids, settings.dispatch_window)
         else:
             # A document that became ready since it was read sends nothing for this job (its
             # ingestion looked for waiting jobs before this one existed): the plan task checks.
+            job.dispatched_at = utcnow()
             uow.send(Task.PLAN_JOB, job.id)
     return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
                         status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
