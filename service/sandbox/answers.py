@@ -222,16 +222,23 @@ def _leaves(value: Any) -> list[tuple[str | int, ...]]:
     return [()]
 
 
+@dataclass(frozen=True)
+class Placed:
+    hit: Hit
+    at: tuple[str | int, ...]  # where the entry's value landed ("-" resolved to an index)
+
+
 class Composer:
     def __init__(self, schema: dict[str, Any], text: str, pages: list[Page],
                  entries: list[OracleEntry], seed: int, fabricate_rate: float) -> None:
         self.builder = AnswerBuilder(text, schema)
         self.schema, self.pages, self.entries = schema, pages, entries
         self.seed, self.fabricate_rate = seed, fabricate_rate
+        self.shape_data: Any = schema  # the schema of the answer's data part
 
     def compose(self) -> Composed:
         shape = citation_shape(self.schema, self.builder)
-        data_node = shape.data if shape else self.schema
+        data_node = self.shape_data = shape.data if shape else self.schema
         data = self.builder.value(data_node, "")
         hits = find_hits(self.entries, self.pages)
         owned = {e.tokens[:-1] for e in self.entries if e.appends}
@@ -239,11 +246,11 @@ class Composer:
             target = _get(data, pointer)
             if isinstance(target, list):
                 target.clear()
-        placed = []
+        placed: list[Placed] = []
         for hit in hits:
             at = _set(data, hit.entry.tokens, copy.deepcopy(hit.entry.value))
             if at is not None:
-                placed.append((hit, at))
+                placed.append(Placed(hit, at))
         self._fill_minimum(data, data_node, owned)
         data = self.conform(data, data_node)
         result = Composed(data, hits=len(placed))
@@ -286,35 +293,38 @@ class Composer:
                 return branch
         return next((b for b in branches if b.get("type") != "null"), node)
 
-    def conform(self, value: Any, node: Any) -> Any:
+    def conform(self, value: Any, node: Any, fill: bool = True) -> Any:
         """``value`` with its keys in schema order (OpenAI generates keys in the schema's
-        order) and the properties it lacks filled as any other value of the answer."""
+        order) and, with ``fill``, the properties it lacks filled as any other value."""
         node = self._branch(self.builder.resolve(node), value)
         if not isinstance(node, dict):
             return value
         props = node.get("properties")
         if isinstance(value, dict) and isinstance(props, dict):
-            out = {key: self.conform(value[key], sub) if key in value
-                   else self.builder.value(sub, key, 1) for key, sub in props.items()}
+            out = {key: self.conform(value[key], sub, fill) if key in value
+                   else self.builder.value(sub, key, 1) for key, sub in props.items()
+                   if fill or key in value}
             out.update({k: v for k, v in value.items() if k not in props})
             return out
         if isinstance(value, list) and "items" in node:
-            return [self.conform(item, node["items"]) for item in value]
+            return [self.conform(item, node["items"], fill) for item in value]
         return value
 
-    def _sources(self, placed: list[tuple[Hit, tuple[str | int, ...]]],
-                 result: Composed) -> list[dict[str, Any]]:
+    def _sources(self, placed: list[Placed], result: Composed) -> list[dict[str, Any]]:
         sources = []
-        for hit, at in placed:
-            for leaf in _leaves(hit.entry.value):
+        for hit, at in ((p.hit, p.at) for p in placed):
+            # Leaves in the schema's order, as the answer writes them.
+            node = self.schema_at(self.shape_data, hit.entry.tokens)
+            for leaf in _leaves(self.conform(hit.entry.value, node, fill=False)):
                 key = join_pointer((*hit.entry.tokens, *leaf))
                 source = {"path": join_pointer((*at, *leaf)), "document": hit.page.document,
                           "page": hit.page.page, "quote": hit.entry.match}
                 if self.fabricate_rate and \
                         _draw(self.seed, "fabricate", hit.entry.match, key) < self.fabricate_rate:
                     source = self._fabricate(source, hit, key)
-                    result.fabricated.append({"match": hit.entry.match, "path": key,
-                                              "true_page": hit.page.page, **source})
+                    result.fabricated.append({
+                        **source, "match": hit.entry.match, "entry_path": key,
+                        "true_document": hit.page.document, "true_page": hit.page.page})
                 sources.append(source)
         result.citations = len(sources)
         return sources

@@ -384,7 +384,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             stats.in_flight -= 1
             stats.in_flight_series.append((time.time(), stats.in_flight))
 
-    def _compose(chat: ChatRequest) -> Answer:
+    def _compose(chat: ChatRequest, prompt_tokens: int) -> Answer:
         cfg, spec, body = sandbox.config, sandbox.spec, chat.body
         text = _document_text(body)
         system = next((m.get("content") for m in body["messages"]
@@ -409,12 +409,13 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
         # per effort (docs/sandbox.md), so tests can see reasoning tokens counted and capped.
         reasoning = math.ceil(visible * spec.reasoning_ratio.get(effort, 1.0)) if effort else 0
         finish = "stop"
-        cap = chat.max_tokens
+        # Without max_completion_tokens the model still stops at its output cap or the window.
+        cap = chat.max_tokens or min(spec.max_output_tokens, spec.context_window - prompt_tokens)
         # Like a real model's answer length, truncation depends on the request, not on timing.
         if cfg.truncate_rate and _content_draw(text, cfg.seed) < cfg.truncate_rate:
             cut = max(1, visible // 2)
             answer, visible, finish = truncate(answer, cut), cut, "length"
-        if cap is not None and reasoning + visible > cap:
+        if reasoning + visible > cap:
             reasoning = min(reasoning, cap)
             visible = cap - reasoning
             answer, finish = truncate(answer, visible) if visible else "", "length"
@@ -432,7 +433,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             status = 503 if draw < cfg.error_rate / 2 else 500
             raise OpenAIError(status, "The server had an error while processing your request.",
                               type="server_error")
-        answer = await asyncio.to_thread(_compose, chat)
+        answer = await asyncio.to_thread(_compose, chat, prompt_tokens)
         completion_tokens = answer.visible_tokens + answer.reasoning_tokens
         delay = cfg.ttft_s + (completion_tokens / cfg.output_tps if cfg.output_tps else 0.0)
         if cfg.slow_rate and sandbox.attempt_draw(key, "slow") < cfg.slow_rate:
