@@ -73,3 +73,9 @@ def test_options_set_over_http_keep_the_start_up_values_of_the_others() -> None:
     assert (changed["rpm"], changed["seed"]) == (7, 5)
     assert refused.status_code == unknown.status_code == 400
     assert "fail_with" in refused.json()["error"]["message"]
+
+
+def test_every_option_is_documented() -> None:
+    doc = (ROOT / "docs" / "sandbox.md").read_text()
+    missing = [f.name for f in fields(SandboxConfig) if f"`--{f.name.replace('_', '-')}`" not in doc]
+    assert missing == []
