@@ -395,10 +395,11 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
         if chat.schema is not None:
             composed = Composer(chat.schema, text, prompt_pages(body["messages"]), sandbox.oracle,
                                 cfg.seed, cfg.fabricate_rate).compose()
-            stats = sandbox.stats
-            stats.oracle_hits += composed.hits
-            stats.citations += composed.citations
-            stats.fabricated.extend(composed.fabricated)
+            with sandbox.lock:  # (this runs in a worker thread)
+                stats = sandbox.stats
+                stats.oracle_hits += composed.hits
+                stats.citations += composed.citations
+                stats.fabricated.extend(composed.fabricated)
             # Compact, as models write JSON under structured outputs.
             answer = json.dumps(composed.answer, ensure_ascii=False, separators=(",", ":"))
         else:

@@ -8,7 +8,7 @@ import sys
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,3 @@ def get_model(name: str, profiles_file: str | Path | None = None) -> ModelSpec:
         raise ModelTableError(f"no model {name!r} in the sandbox's table; known: {sorted(models)}")
     return models[name]
 
-
-def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
-    return replace(spec, **changes)

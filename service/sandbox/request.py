@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,9 @@ class ChatRequest:
     schema: dict[str, Any] | None = None
     function: dict[str, Any] | None = None
 
-    def image_tokens(self, spec: ModelSpec) -> Any:
+    def image_tokens(self, spec: ModelSpec) -> Callable[[str, str], int]:
+        """The cost of an image part of this request (images are read once, when checked)."""
+
         def cost(url: str, detail: str) -> int:
             image = self.images[url]
             return spec.image_tokens(image.width, image.height, detail)
@@ -129,7 +132,8 @@ def _reasoning(body: dict[str, Any], spec: ModelSpec) -> str | None:
     return str(effort)
 
 
-def _image_parts(messages: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+def _check_messages(messages: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Checks roles and content parts; returns the image parts (where, image_url)."""
     found = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -166,7 +170,7 @@ def _image_parts(messages: list[Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _images(messages: list[Any], spec: ModelSpec) -> dict[str, ImageInput]:
-    parts = _image_parts(messages)
+    parts = _check_messages(messages)
     if len(parts) > spec.max_images:
         raise OpenAIError(400, f"Too many images in request: {len(parts)} were supplied, but at most "
                           f"{spec.max_images} are allowed.", param="messages")
