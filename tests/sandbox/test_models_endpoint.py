@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.sandbox.conftest import chat, error_of, schema_body, serve
 
@@ -50,3 +51,19 @@ def test_a_profiles_file_adds_a_model_of_its_own(tmp_path: Path) -> None:
     with serve(profile="local-small", profiles_file=str(profiles)) as url:
         listed = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
     assert [(m["id"], m["context_length"]) for m in listed] == [("local-small", 9000)]
+
+
+def test_the_reported_successor_bills_a_long_prompt_at_the_long_context_rates() -> None:
+    """gpt-6-luna's page: over 272K input tokens, 2x input and 1.5x output for the whole request."""
+    with serve(profile="gpt-6-luna", gateway_cost=True) as url:
+        def cost(words: int) -> tuple[float, dict[str, int]]:
+            response = chat(url, schema_body("word " * words, model="gpt-6-luna"))
+            return float(response.headers["x-opper-cost"]), response.json()["usage"]
+
+        short_cost, short = cost(1000)
+        long_cost, long = cost(275_000)
+    assert short["prompt_tokens"] < 272_000 < long["prompt_tokens"]
+    assert short_cost == pytest.approx(
+        (short["prompt_tokens"] * 0.10 + short["completion_tokens"] * 0.50) / 1e6, rel=1e-6)
+    assert long_cost == pytest.approx(
+        (long["prompt_tokens"] * 0.10 * 2 + long["completion_tokens"] * 0.50 * 1.5) / 1e6, rel=1e-6)
