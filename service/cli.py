@@ -149,7 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     sandbox_note = ""
     if not settings.resolved_api_key and not settings.model_base_url:
         sandbox_port = settings.port + 1
-        procs.append(subprocess.Popen(sandbox_argv(settings.host, sandbox_port), env=env))
+        # The sandbox keeps its own model table; a deployment's profile file applies to both.
+        extra = ["--profiles-file", str(settings.model_profiles_file)] \
+            if settings.model_profiles_file else []
+        procs.append(subprocess.Popen(sandbox_argv(settings.host, sandbox_port, extra), env=env))
         env["LONGDOC_MODEL_BASE_URL"] = f"http://{settings.host}:{sandbox_port}/v1"
         sandbox_note = (f"model: SANDBOX at http://{settings.host}:{sandbox_port}/v1 (no API key set:"
                         " answers are synthetic and say model: sandbox)")

@@ -115,8 +115,11 @@ class Stack:
             **self.env_extra,
         }
         self.longdoc(["migrate"])
+        # The sandbox keeps its own model table; a deployment's profile file applies to both.
+        profiles = self.env.get("LONGDOC_MODEL_PROFILES_FILE")
         self._spawn("sandbox", [sys.executable, "-m", "service.sandbox", "--port",
                                 str(self.sandbox_port), "--ttft-s", "0", "--output-tps", "0",
+                                *(["--profiles-file", profiles] if profiles else []),
                                 *self.sandbox_args])
         self._spawn("api", [sys.executable, "-m", "uvicorn", "service.api.app:create_app",
                             "--factory",
