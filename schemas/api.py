@@ -98,6 +98,17 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    # Calls whose worker stopped while they were in flight: the endpoint may have billed them.
+    # Their predicted prompt is in ``cost_usd`` (``cost_is_estimate``), not in the token counts.
+    unknown_calls: int = 0
+
+
+class Waiting(BaseModel):
+    """The job is waiting for the model to come back (it retries; it fails only after
+    ``LONGDOC_MODEL_OUTAGE_S``)."""
+
+    reason: str  # model_unavailable, rate_limited
+    since: datetime
 
 
 class Progress(BaseModel):
@@ -126,8 +137,10 @@ class JobOut(BaseModel):
     progress: Progress
     usage: Usage
     cost_usd: float
+    cost_is_estimate: bool = False
     gateway_cost_usd: float | None = None
     plan: Plan | None = None
+    waiting: Waiting | None = None
     error: ErrorDetail | None = None
     created_at: datetime
     started_at: datetime | None = None
@@ -136,7 +149,7 @@ class JobOut(BaseModel):
 
 class JobEventType(StrEnum):
     STATUS = "status"  # data: {status, error}
-    PROGRESS = "progress"  # data: {chunks_done, chunks_total, usage, cost_usd}
+    PROGRESS = "progress"  # data: {chunks_done, chunks_total, usage, cost_usd, cost_is_estimate, waiting}
     DOCUMENT = "document"  # data: {document_id, status, pages, pages_parsed, error}
 
 
@@ -175,6 +188,9 @@ class ResultOut(BaseModel):
 
 class CallOut(BaseModel):
     chunk_id: str | None
+    status: str = Field(description="sent, answered, failed or unknown (its worker stopped while "
+                        "it was in flight: it may have been billed; the cost counts its prompt)")
+    purpose: str = Field(description="extract (a chunk) or merge (merge: model)")
     model: str | None
     finish_reason: str | None
     predicted_prompt_tokens: int
@@ -184,6 +200,7 @@ class CallOut(BaseModel):
     cost_usd: float
     gateway_cost_usd: float | None = None
     latency_ms: int
+    error: str | None = None
     at: datetime
 
 

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     DOCUMENT_FAILED = "document_failed"
     JOB_NOT_SUCCEEDED = "job_not_succeeded"
     BUDGET_EXCEEDED = "budget_exceeded"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     NOT_READY = "not_ready"
     # Documents
     DOCUMENT_UNREADABLE = "document_unreadable"
@@ -46,6 +47,8 @@ class ErrorCode(StrEnum):
     # The model
     MODEL_UNAVAILABLE = "model_unavailable"
     MODEL_AUTH_FAILED = "model_auth_failed"
+    MODEL_QUOTA_EXHAUSTED = "model_quota_exhausted"
+    MODEL_NOT_FOUND = "model_not_found"
     MODEL_REQUEST_REJECTED = "model_request_rejected"
     MODEL_REFUSED = "model_refused"
     MODEL_OUTPUT_INVALID = "model_output_invalid"

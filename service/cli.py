@@ -131,12 +131,15 @@ def dev_key(settings: Settings) -> tuple[str, str]:
     with _database().unit_of_work() as uow:
         key = path.read_text().strip() if path.exists() else ""
         tenant = tenant_for_key(uow.session, key) if key else None
+        fresh = tenant is None
         if tenant is None:
             tenant, key = create_key(uow.session, "dev")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key + "\n")
-        return key, tenant.webhook_secret
+        secret = tenant.webhook_secret
+    if fresh:  # written once the key is committed: whoever reads the file can use it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    return key, secret
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -146,13 +149,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd_migrate(args)
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
+    sandbox: subprocess.Popen[bytes] | None = None
     sandbox_note = ""
     if not settings.resolved_api_key and not settings.model_base_url:
         sandbox_port = settings.port + 1
         # The sandbox keeps its own model table; a deployment's profile file applies to both.
         extra = ["--profiles-file", str(settings.model_profiles_file)] \
             if settings.model_profiles_file else []
-        procs.append(subprocess.Popen(sandbox_argv(settings.host, sandbox_port, extra), env=env))
+        sandbox = subprocess.Popen(sandbox_argv(settings.host, sandbox_port, extra), env=env)
+        procs.append(sandbox)
         env["LONGDOC_MODEL_BASE_URL"] = f"http://{settings.host}:{sandbox_port}/v1"
         sandbox_note = (f"model: SANDBOX at http://{settings.host}:{sandbox_port}/v1 (no API key set:"
                         " answers are synthetic and say model: sandbox)")
@@ -183,15 +188,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.5)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        # The sandbox goes last: workers draining their calls still need their model.
+        stop_all([p for p in procs if p is not sandbox], settings.shutdown_grace_s + 15)
+        stop_all([sandbox] if sandbox else [], 15)
     return 0
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM, then up to ``timeout_s`` to drain (workers finish or hand back what is in
+    flight), then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def parser() -> argparse.ArgumentParser:

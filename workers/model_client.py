@@ -65,6 +65,16 @@ def _retry_delay(headers: httpx2.Headers | None, attempt: int) -> float:
     return random.uniform(0.5, 1.0) * min(30.0, 0.5 * 2.0 ** (attempt - 1))
 
 
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    """The error's code (or type) from an OpenAI-shaped body; the SDK may hand over the body
+    or its ``error`` member."""
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else body
+    code = error.get("code") or error.get("type")
+    return str(code) if code else None
+
+
 def _is_too_large(exc: openai.APIStatusError) -> bool:
     body = exc.body if isinstance(exc.body, dict) else {}
     code = body.get("code") or (body.get("error") or {}).get("code")
@@ -123,6 +133,16 @@ class ModelClient:
                     raise ModelCallFailed("model_auth_failed",
                                           f"the model endpoint refused the credentials "
                                           f"({exc.status_code})") from None
+                code = _error_code(exc)
+                if code == "insufficient_quota":
+                    # A billing state, not a rate limit: retrying would hold back every worker.
+                    raise ModelCallFailed("model_quota_exhausted",
+                                          "the model account has no quota left (insufficient_quota): "
+                                          "check its plan and billing") from None
+                if exc.status_code == 404 or code == "model_not_found":
+                    raise ModelCallFailed("model_not_found",
+                                          f"the endpoint does not serve the model "
+                                          f"{self.settings.resolved_model_id!r} (404)") from None
                 if exc.status_code not in RETRY_STATUSES:
                     raise ModelCallFailed("model_request_rejected",
                                           f"{exc.status_code}: {exc.message}"[:500]) from None

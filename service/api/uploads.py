@@ -44,6 +44,10 @@ class UploadedFile:
     head: bytes
     filename: str | None
 
+    @property
+    def sha256(self) -> str:
+        return self.writer.hexdigest()
+
     def commit(self) -> str:
         return self.writer.commit()
 
@@ -191,6 +195,11 @@ async def receive_upload(
 async def read_json(request: Request, model: type[Body], max_bytes: int) -> Body:
     """A JSON body, read up to ``max_bytes`` and validated strictly (call it once the caller is
     authenticated: nothing is read for an unknown key)."""
+    return parse_json(await read_json_bytes(request, max_bytes), model)
+
+
+async def read_json_bytes(request: Request, max_bytes: int) -> bytes:
+    """The raw JSON body, read up to ``max_bytes``."""
     content_type, _ = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"application/json":
         raise LongdocError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send a JSON body (application/json)")
@@ -205,8 +214,12 @@ async def read_json(request: Request, model: type[Body], max_bytes: int) -> Body
             raise LongdocError(ErrorCode.REQUEST_TOO_LARGE,
                                f"the JSON body is larger than the limit of {max_bytes} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes, model: type[Body]) -> Body:
     try:
-        return model.model_validate_json(b"".join(chunks))
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         raise LongdocError(ErrorCode.INVALID_REQUEST, validation_message(exc)) from None
 

@@ -95,16 +95,61 @@ def count_content(content: Any, sizer: ImageSizer) -> int:
     return total
 
 
+# openai-cookbook "How to count tokens with tiktoken", ``num_tokens_for_tools``: the constants
+# published for the gpt-4o family (the 4.1 family shares its o200k_base tokenizer; OpenAI
+# publishes none of its own). The API reported 101 prompt tokens for the notebook's example.
+FUNC_INIT, PROP_INIT, PROP_KEY, ENUM_INIT, ENUM_ITEM, FUNC_END = 7, 3, 3, -3, 3, 12
+# A property the cookbook can write as "key:type:description"; anything with structure (nested
+# objects, arrays, unions, references) is not published: it is counted as its compact JSON.
+_STRUCTURE = ("properties", "items", "anyOf", "$ref", "additionalProperties")
+
+
+def _without_period(text: str) -> str:
+    return text[:-1] if text.endswith(".") else text
+
+
+def _property_tokens(key: str, prop: Any) -> int:
+    prop = prop if isinstance(prop, dict) else {}
+    total = PROP_KEY
+    if "enum" in prop:
+        total += ENUM_INIT + sum(ENUM_ITEM + count_text(v if isinstance(v, str) else _json(v))
+                                 for v in prop["enum"])
+    kind = prop.get("type")
+    if isinstance(kind, str) and not any(k in prop for k in _STRUCTURE):
+        written = kind
+    else:
+        written = _json({k: v for k, v in prop.items() if k not in ("description", "enum")})
+    return total + count_text(f"{key}:{written}:{_without_period(str(prop.get('description', '')))}")
+
+
+def count_functions(functions: list[dict[str, Any]]) -> int:
+    if not functions:
+        return 0
+    total = FUNC_END
+    for function in functions:
+        total += FUNC_INIT + count_text(
+            f"{function.get('name', '')}:{_without_period(str(function.get('description', '')))}")
+        parameters = function.get("parameters") or {}
+        props = parameters.get("properties") or {}
+        if props:
+            total += PROP_INIT + sum(_property_tokens(k, v) for k, v in props.items())
+        for defs in ("$defs", "definitions"):
+            if parameters.get(defs):
+                total += count_text(_json(parameters[defs]))  # not published: compact JSON
+    return total
+
+
 def count_format(body: dict[str, Any]) -> int:
+    """The answer's format. The json_schema wrapper's cost is not published: 8 tokens, the name,
+    the description and the schema as compact JSON is the working assumption (docs/sandbox.md
+    lists it; ``longdoc check`` measures it against a real endpoint)."""
     total = 0
     fmt = body.get("response_format")
     if fmt and fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema", {})
-        total += FORMAT_OVERHEAD + count_text(spec.get("name", "")) + count_text(
-            _json(spec.get("schema", {})))
-    for tool in body.get("tools") or []:
-        total += FORMAT_OVERHEAD + count_text(_json(tool.get("function", {})))
-    return total
+        total += (FORMAT_OVERHEAD + count_text(spec.get("name", ""))
+                  + count_text(spec.get("description") or "") + count_text(_json(spec.get("schema", {}))))
+    return total + count_functions([tool.get("function", {}) for tool in body.get("tools") or []])
 
 
 def count_request(body: dict[str, Any], profile: ModelProfile) -> int:

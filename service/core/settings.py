@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     model_api_key: str = ""
     model_profiles_file: str = ""
     model_timeout_s: float = 600.0
-    model_max_attempts: int = 6
-    model_max_retry_s: float = 300.0
+    # Quick retries of one call; after them a chunk waits out an outage (``model_outage_s``).
+    model_max_attempts: int = 4
+    model_max_retry_s: float = 30.0
     model_concurrency: int = 64
     rate_limit_tier: str = ""
     rate_limit_rpm: int = 0

@@ -24,7 +24,7 @@ from schemas.api import JobEventOut, JobEventType, JobStatus
 from service.store.models import Document, Job, JobDocument, JobEvent
 
 PROGRESS_FIELDS = ("chunks_done", "chunks_total", "prompt_tokens", "cached_tokens",
-                   "completion_tokens", "cost_usd")
+                   "completion_tokens", "unknown_calls", "cost_usd", "waiting_reason")
 DOCUMENT_FIELDS = ("status", "pages", "pages_parsed", "error_code")
 
 # Within one flush: a job that starts reports its status before its counts, one that ends after.
@@ -49,10 +49,15 @@ def status_data(job: Job) -> dict[str, Any]:
 
 
 def progress_data(job: Job) -> dict[str, Any]:
+    waiting = ({"reason": job.waiting_reason,
+                "since": job.waiting_since.isoformat() if job.waiting_since else None}
+               if job.waiting_reason else None)
     return {"chunks_done": job.chunks_done, "chunks_total": job.chunks_total,
             "usage": {"prompt_tokens": job.prompt_tokens, "cached_tokens": job.cached_tokens,
-                      "completion_tokens": job.completion_tokens},
-            "cost_usd": round(job.cost_usd or 0.0, 8)}
+                      "completion_tokens": job.completion_tokens,
+                      "unknown_calls": job.unknown_calls or 0},
+            "cost_usd": round(job.cost_usd or 0.0, 8), "cost_is_estimate": bool(job.unknown_calls),
+            "waiting": waiting}
 
 
 def document_data(doc: Document) -> dict[str, Any]:

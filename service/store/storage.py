@@ -25,6 +25,8 @@ class BlobWriter(Protocol):
 
     def write(self, chunk: bytes) -> None: ...
 
+    def hexdigest(self) -> str: ...
+
     def commit(self) -> str: ...
 
     def abort(self) -> None: ...
@@ -62,6 +64,10 @@ class LocalBlobWriter:
         self.digest.update(chunk)
         self.file.write(chunk)
         self.size += len(chunk)
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of what was written so far (the key it will be filed under)."""
+        return self.digest.hexdigest()
 
     def commit(self) -> str:
         assert self.file is not None

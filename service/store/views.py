@@ -15,6 +15,7 @@ from schemas.api import (
     PlanChunk,
     Progress,
     Usage,
+    Waiting,
 )
 from service.store.models import Document, Job, ModelCall, WebhookAttempt, WebhookDelivery
 
@@ -34,7 +35,7 @@ def document_out(doc: Document) -> DocumentOut:
 
 def job_usage(job: Job) -> Usage:
     return Usage(prompt_tokens=job.prompt_tokens, cached_tokens=job.cached_tokens,
-                 completion_tokens=job.completion_tokens)
+                 completion_tokens=job.completion_tokens, unknown_calls=job.unknown_calls or 0)
 
 
 def job_out(job: Job, document_ids: list[str]) -> JobOut:
@@ -47,7 +48,10 @@ def job_out(job: Job, document_ids: list[str]) -> JobOut:
         profile=job.profile,
         progress=Progress(chunks_total=job.chunks_total, chunks_done=job.chunks_done),
         usage=job_usage(job), cost_usd=round(job.cost_usd, 8),
-        gateway_cost_usd=job.gateway_cost_usd, plan=plan,
+        cost_is_estimate=bool(job.unknown_calls), gateway_cost_usd=job.gateway_cost_usd, plan=plan,
+        waiting=(Waiting(reason=job.waiting_reason, since=job.waiting_since)
+                 if job.waiting_reason and job.waiting_since and job.status == JobStatus.RUNNING
+                 else None),
         error=_error(job.error_code, job.error_message), created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,
     )
@@ -55,7 +59,8 @@ def job_out(job: Job, document_ids: list[str]) -> JobOut:
 
 def call_out(call: ModelCall) -> CallOut:
     return CallOut(
-        chunk_id=call.chunk_id, model=call.model, finish_reason=call.finish_reason,
+        chunk_id=call.chunk_id, status=call.status, purpose=call.purpose,
+        model=call.model, finish_reason=call.finish_reason, error=call.error,
         predicted_prompt_tokens=call.predicted_prompt_tokens, prompt_tokens=call.prompt_tokens,
         cached_tokens=call.cached_tokens, completion_tokens=call.completion_tokens,
         cost_usd=round(call.cost_usd, 8), gateway_cost_usd=call.gateway_cost_usd,

@@ -41,3 +41,40 @@ def test_profiles_are_data_and_a_deployment_can_override_them(tmp_path) -> None:
     assert get_profile("gpt-4.1-nano", extra).price_input == 0.05
     assert get_profile("gpt-4.1-nano", extra).context_window == 1_047_576
     assert get_profile("local-model", extra).context_window == 32_000
+
+
+def test_the_service_counts_the_cookbook_examples_as_the_api_reported() -> None:
+    """openai-cookbook "How to count tokens with tiktoken": the API reported 124 prompt tokens
+    for the six-message example and 101 for the weather tool (gpt-4o family, o200k_base)."""
+    from service.core.profiles import get_profile
+    from service.core.prompt import count_request
+
+    profile = get_profile("gpt-4.1-nano")
+    six = [
+        {"role": "system", "content": "You are a helpful, pattern-following assistant that translates "
+         "corporate jargon into plain English."},
+        {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line "
+         "growth."},
+        {"role": "system", "name": "example_assistant", "content": "Things working well together will "
+         "increase revenue."},
+        {"role": "system", "name": "example_user", "content": "Let's circle back when we have more "
+         "bandwidth to touch base on opportunities for increased leverage."},
+        {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy "
+         "about how to do better."},
+        {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the "
+         "client deliverable."},
+    ]
+    assert count_request({"messages": six}, profile) == 124
+    tools = [{"type": "function", "function": {
+        "name": "get_current_weather", "description": "Get the current weather in a given location",
+        "parameters": {"type": "object", "properties": {
+            "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+            "unit": {"type": "string", "description": "The unit of temperature to return",
+                     "enum": ["celsius", "fahrenheit"]}},
+            "required": ["location"]}}}]
+    messages = [
+        {"role": "system",
+         "content": "You are a helpful assistant that can answer to questions about the weather."},
+        {"role": "user", "content": "What's the weather like in San Francisco?"},
+    ]
+    assert count_request({"messages": messages, "tools": tools}, profile) == 101

@@ -83,13 +83,16 @@ class Stack:
     env_extra: dict[str, str] = field(default_factory=dict)
     model_concurrency: int = 64
     sandbox_args: list[str] = field(default_factory=list)
+    # A Redis of its own (a broker the test may stop or flush without touching other stacks).
+    private_redis: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
 
     def start(self) -> Stack:
         self.data_dir = self.tmp / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pg = PostgresDatabase() if self.database == "postgresql" else None
-        self.redis_url = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+        self.redis_port = free_port() if self.private_redis else 6379
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/{TEST_REDIS_DB}"
         self.queue_prefix = f"ldtest-{secrets.token_hex(6)}:"
         self.api_port, self.sandbox_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -114,6 +117,8 @@ class Stack:
             "LONGDOC_LOG_LEVEL": "WARNING",
             **self.env_extra,
         }
+        if self.private_redis:
+            self.start_redis()
         self.longdoc(["migrate"])
         # The sandbox keeps its own model table; a deployment's profile file applies to both.
         profiles = self.env.get("LONGDOC_MODEL_PROFILES_FILE")
@@ -132,6 +137,25 @@ class Stack:
         wait_http(f"{self.sandbox_url}/healthz", 60, procs)
         wait_http(f"{self.url}/healthz", 60, procs)
         return self
+
+    def start_redis(self) -> None:
+        """The private Redis, on the same port each time (it keeps nothing on disk)."""
+        proc = self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind",
+                                     "127.0.0.1", "--save", "", "--appendonly", "no",
+                                     "--dir", str(self.tmp)])
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError("redis-server exited while starting")
+            try:
+                return bool(redis.Redis(port=self.redis_port, socket_timeout=1).ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(answers, 20, "the private Redis to answer")
+
+    def stop_redis(self) -> None:
+        self.kill("redis", signal.SIGTERM)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:  # type: ignore[type-arg]
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from schemas.api import DocumentFromUrl, DocumentList, DocumentOut
@@ -11,8 +14,9 @@ from schemas.tasks import Task
 from service.api.deps import CurrentTenant, Services, ServicesDep, SessionDep
 from service.api.errors import not_found
 from service.api.fetch import fetch_url
+from service.api.idempotency import Once, key_of, remember, replay, request_hash
 from service.api.routes.common import after_cursor, error_responses
-from service.api.uploads import UploadedFile, read_json, receive_upload
+from service.api.uploads import UploadedFile, parse_json, read_json_bytes, receive_upload
 from service.core.mediatypes import sniff
 from service.core.secrets import seal
 from service.store.models import Document, DocumentStatus, is_id, new_id, utcnow
@@ -37,15 +41,24 @@ async def upload_document(request: Request, tenant: CurrentTenant,
     (a JSON body); parsing happens later in a worker. A refused upload leaves nothing behind."""
     settings = services.settings
     source_url = None
+    key = key_of(request)
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await read_json(request, DocumentFromUrl, settings.max_json_bytes)
+        raw = await read_json_bytes(request, settings.max_json_bytes)
+        body = parse_json(raw, DocumentFromUrl)
+        once = Once(key, request_hash(settings, "url", raw)) if key else None
+        if once is not None and (earlier := await _replay(services, tenant.id, once)):
+            return earlier  # fetched once already: not again
         target, upload = await fetch_url(body.url, services.storage, settings.max_upload_bytes,
                                          settings.url_allowed_networks, settings.url_fetch_timeout_s)
         source_url, fields = target.url, {"password": body.password or ""}
         upload.filename = target.url.rsplit("/", 1)[-1].split("?")[0][:255] or None
     else:
         upload, fields = await receive_upload(request, services.storage, settings.max_upload_bytes)
+        once = Once(key, request_hash(settings, "file", upload.sha256, upload.filename or "",
+                                      fields.get("password", ""))) if key else None
     try:
+        if once is not None and (earlier := await _replay(services, tenant.id, once)):
+            return earlier
         media_type = sniff(upload.head)
         if media_type is None:
             raise LongdocError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -53,16 +66,40 @@ async def upload_document(request: Request, tenant: CurrentTenant,
         if upload.size == 0:
             raise LongdocError(ErrorCode.EMPTY_FILE, "the file is empty")
         password = fields.get("password") or None
-        doc = await run_in_threadpool(_record_upload, services, tenant.id, upload, media_type,
-                                      password, source_url)
+        return await run_in_threadpool(_record_upload, services, tenant.id, upload, media_type,
+                                       password, source_url, once)
     finally:
         upload.abort()  # nothing to remove once committed
-    return JSONResponse(document_out(doc).model_dump(mode="json"), status_code=201,
-                        headers={"Location": f"/v1/documents/{doc.id}"})
+
+
+async def _replay(services: Services, tenant_id: str, once: Once) -> JSONResponse | None:
+    def read() -> JSONResponse | None:
+        with services.db.session(readonly=True) as session:
+            return replay(session, tenant_id, "documents", once.key, once.digest)
+
+    return await run_in_threadpool(read)
 
 
 def _record_upload(services: Services, tenant_id: str, upload: UploadedFile, media_type: str,
-                   password: str | None, source_url: str | None) -> Document:
+                   password: str | None, source_url: str | None,
+                   once: Once | None) -> JSONResponse:
+    try:
+        doc, view = _insert_document(services, tenant_id, upload, media_type, password,
+                                     source_url, once)
+    except IntegrityError:
+        if once is None:
+            raise
+        with services.db.session(readonly=True) as session:  # a concurrent retry got there first
+            earlier = replay(session, tenant_id, "documents", once.key, once.digest)
+        if earlier is None:
+            raise
+        return earlier
+    return JSONResponse(view, status_code=201, headers={"Location": f"/v1/documents/{doc.id}"})
+
+
+def _insert_document(services: Services, tenant_id: str, upload: UploadedFile, media_type: str,
+                     password: str | None, source_url: str | None,
+                     once: Once | None) -> tuple[Document, dict[str, Any]]:
     with services.unit_of_work() as uow:
         doc = Document(
             id=new_id("doc"), tenant_id=tenant_id, filename=upload.filename or None,
@@ -76,7 +113,12 @@ def _record_upload(services: Services, tenant_id: str, upload: UploadedFile, med
         doc.dispatched_at = utcnow()
         uow.session.add(doc)
         uow.send(Task.INGEST_DOCUMENT, doc.id)
-    return doc
+        uow.session.flush()
+        view = document_out(doc).model_dump(mode="json")
+        if once is not None:
+            remember(uow, tenant_id, "documents", once.key, once.digest, 201, view,
+                     f"/v1/documents/{doc.id}")
+    return doc, view
 
 
 @router.get("", response_model=DocumentList)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -24,9 +25,10 @@ from schemas.strict import check_schema
 from schemas.tasks import Task
 from service.api.deps import CurrentTenant, Services, ServicesDep, SessionDep
 from service.api.errors import not_found
+from service.api.idempotency import Once, key_of, remember, replay, request_hash
 from service.api.routes.common import after_cursor, error_responses
 from service.api.routes.events import wait_for_change
-from service.api.uploads import read_json
+from service.api.uploads import parse_json, read_json_bytes
 from service.core.jobs import check_cost, make_plan, plan_view
 from service.core.outbound import check_target
 from service.store.db import Database
@@ -80,14 +82,22 @@ _JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {
 async def create_job(request: Request, tenant: CurrentTenant, session: SessionDep,
                      services: ServicesDep) -> JSONResponse:
     """Checks the schema, the documents and the webhook, plans ready documents at once, and
-    queues the job. The body is read only once the key is known."""
-    body = await read_json(request, JobCreate, services.settings.max_json_bytes)
-    return await run_in_threadpool(_create_job, body, tenant.id, session, services)
+    queues the job. The body is read only once the key is known. With ``Idempotency-Key``, a
+    retry gets the original response."""
+    key = key_of(request)
+    raw = await read_json_bytes(request, services.settings.max_json_bytes)
+    body = parse_json(raw, JobCreate)
+    once = Once(key, request_hash(services.settings, raw)) if key and not body.dry_run else None
+    return await run_in_threadpool(_create_job, body, tenant.id, session, services, once)
 
 
-def _create_job(body: JobCreate, tenant_id: str, session: Session,
-                services: Services) -> JSONResponse:
+def _create_job(body: JobCreate, tenant_id: str, session: Session, services: Services,
+                once: Once | None) -> JSONResponse:
     settings, profile = services.settings, services.profile
+    if once is not None:
+        earlier = replay(session, tenant_id, "jobs", once.key, once.digest)
+        if earlier is not None:
+            return earlier
     check_schema(body.json_schema)
     job = new_job(tenant_id, body, settings.model)
     if body.webhook_url:
@@ -115,19 +125,31 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session,
                             estimated_cost_usd=round(estimate, 8), profile=job.profile)
             return JSONResponse(out.model_dump(mode="json"), status_code=200)
     session.close()  # the checks are done: nothing of the read transaction is held while writing
-    with services.unit_of_work() as uow:
-        uow.session.add(job)
-        uow.session.flush()
-        attach_documents(uow.session, job, docs)
-        if plan is not None:
-            start_job(uow, job, plan, body.document_ids, settings.dispatch_window)
-        else:
-            # A document that became ready since it was read sends nothing for this job (its
-            # ingestion looked for waiting jobs before this one existed): the plan task checks.
-            job.dispatched_at = utcnow()
-            uow.send(Task.PLAN_JOB, job.id)
-    return JSONResponse(job_out(job, body.document_ids).model_dump(mode="json"),
-                        status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    location = f"/v1/jobs/{job.id}"
+    try:
+        with services.unit_of_work() as uow:
+            uow.session.add(job)
+            uow.session.flush()
+            attach_documents(uow.session, job, docs)
+            if plan is not None:
+                start_job(uow, job, plan, body.document_ids, settings.dispatch_window)
+            else:
+                # A document that became ready since it was read sends nothing for this job (its
+                # ingestion looked for waiting jobs before this one existed): the plan task checks.
+                job.dispatched_at = utcnow()
+                uow.send(Task.PLAN_JOB, job.id)
+            view = job_out(job, body.document_ids).model_dump(mode="json")
+            if once is not None:
+                remember(uow, tenant_id, "jobs", once.key, once.digest, 202, view, location)
+    except IntegrityError:
+        if once is None:
+            raise
+        with services.db.session(readonly=True) as fresh:  # a concurrent retry got there first
+            earlier = replay(fresh, tenant_id, "jobs", once.key, once.digest)
+        if earlier is None:
+            raise
+        return earlier
+    return JSONResponse(view, status_code=202, headers={"Location": location})
 
 
 @router.get("", response_model=JobList)
