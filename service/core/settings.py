@@ -67,6 +67,8 @@ class Settings(BaseSettings):
 
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = 15.0
+    # job.succeeded carries the extracted JSON up to this size; above, result_url only.
+    webhook_max_result_bytes: int = 256 * 1024
     # Uploads by URL: the same guard as webhooks, with an allow-list of their own.
     url_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     url_fetch_timeout_s: float = 30.0

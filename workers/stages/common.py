@@ -3,7 +3,9 @@ books, and hold back (then fail) what a task was for when it raised."""
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,7 +45,11 @@ class Subject(StrEnum):
 
 
 def finish_job(uow: UnitOfWork, job: Job, status: JobStatus, code: str | None = None,
-               message: str | None = None) -> None:
+               message: str | None = None, result: dict[str, Any] | None = None,
+               max_result_bytes: int = 0) -> None:
+    """Ends the job; with a webhook, its event is recorded in the same transaction. A
+    ``job.succeeded`` event carries the result (``data``, ``warnings``, ``sources``) when its
+    JSON fits ``max_result_bytes``; above it, ``result_included: false`` and ``result_url``."""
     job.status, job.finished_at = status, utcnow()
     job.error_code, job.error_message = code, message
     if status == JobStatus.FAILED:
@@ -53,6 +59,11 @@ def finish_job(uow: UnitOfWork, job: Job, status: JobStatus, code: str | None = 
         uow.session.flush()
         view = job_out(job, job_document_ids(uow.session, job.id)).model_dump(mode="json")
         view["result_url"] = f"/v1/jobs/{job.id}/result" if status == JobStatus.SUCCEEDED else None
+        if status == JobStatus.SUCCEEDED and result is not None:
+            size = len(json.dumps(result, ensure_ascii=False).encode())
+            view["result_included"] = size <= max_result_bytes
+            if view["result_included"]:
+                view["result"] = result
         now = utcnow()
         delivery = WebhookDelivery(
             id="msg_" + new_id("x")[2:], tenant_id=job.tenant_id, job_id=job.id,

@@ -229,7 +229,7 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
         if refresh_progress(uow.session, job) == 0 and not job.finalizing:
             job.finalizing = True
             if job.chunks_total == 1 and prepared is not None:
-                store_result(uow, job, prepared)
+                store_result(uow, job, prepared, settings)
             else:
                 job.dispatched_at = utcnow()
                 uow.send(Task.FINALIZE_JOB, job.id)

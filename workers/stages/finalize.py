@@ -14,6 +14,7 @@ from schemas.strict import drop_optional_nulls, validation_errors
 from service.core.logs import log
 from service.core.merge import Conflict, MergeOutcome, apply_choices, merge_answers
 from service.core.prompt import count_request, format_fields
+from service.core.settings import Settings
 from service.store.db import UnitOfWork
 from service.store.jobs import lock_job
 from service.store.leases import claim, holds, release
@@ -100,7 +101,7 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
             return
         release(job)
         if uow.session.get(Result, job_id) is None:
-            store_result(uow, job, prepared)
+            store_result(uow, job, prepared, settings)
 
 
 @dataclass
@@ -125,12 +126,15 @@ def prepare_result(schema: dict[str, Any], outcome: MergeOutcome,
     return PreparedResult(data, warnings, validation_errors(data, schema))
 
 
-def store_result(uow: UnitOfWork, job: Job, result: PreparedResult) -> None:
-    """Stores the validated answer and ends the job (or fails it when the answer is invalid)."""
+def store_result(uow: UnitOfWork, job: Job, result: PreparedResult, settings: Settings) -> None:
+    """Stores the validated answer and ends the job (or fails it when the answer is invalid);
+    the webhook event carries the result when it fits ``LONGDOC_WEBHOOK_MAX_RESULT_BYTES``."""
     if result.errors:
         fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID,
                  "the answer does not match the schema: " + "; ".join(result.errors))
         return
     uow.session.add(Result(job_id=job.id, data=result.data, warnings=result.warnings))
-    finish_job(uow, job, JobStatus.SUCCEEDED)
+    finish_job(uow, job, JobStatus.SUCCEEDED,
+               result={"data": result.data, "warnings": result.warnings},
+               max_result_bytes=settings.webhook_max_result_bytes)
     log.info("job.succeeded", job_id=job.id, cost_usd=job.cost_usd)
