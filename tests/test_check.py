@@ -91,6 +91,16 @@ def stats(sandbox: str) -> dict[str, Any]:
     return result
 
 
+def test_without_a_key_or_a_base_url_there_is_nothing_to_check(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "OPPER_API_KEY") and not k.startswith("LONGDOC_")}
+    for command in ("check", "models"):
+        out = subprocess.run([sys.executable, "-m", "service.cli", command], cwd=ROOT, text=True,
+                             capture_output=True, timeout=120,
+                             env={**env, "LONGDOC_DATA_DIR": str(tmp_path / "data")})
+        assert out.returncode == 2 and "no model endpoint is configured" in out.stderr
+
+
 def test_check_passes_against_the_sandbox(tmp_path: Path, procs: Processes) -> None:
     sandbox = start_sandbox(procs)
     out = longdoc(tmp_path, sandbox, ["check", "--json"])

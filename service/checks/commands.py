@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import date
 from typing import Any
 
@@ -23,6 +24,17 @@ def _profile(settings: Settings) -> ModelProfile:
     return get_profile(settings.model, settings.model_profiles_file or None)
 
 
+def _no_endpoint(settings: Settings) -> bool:
+    """Without a key or a base URL there is nothing to check (``longdoc run`` would start the
+    sandbox): said plainly instead of a 401 from OpenAI per case."""
+    if settings.resolved_api_key or settings.model_base_url:
+        return False
+    print("no model endpoint is configured: set LONGDOC_MODEL_API_KEY (or OPPER_API_KEY, "
+          "OPENAI_API_KEY) and, for another endpoint, LONGDOC_MODEL_BASE_URL or "
+          "LONGDOC_MODEL_PRESET", file=sys.stderr)
+    return True
+
+
 def _print_findings(console: Console, report: ModelReport) -> None:
     for finding in report.findings:
         console.print(f"  [{STYLE[finding.level]}]{finding.level.value:>7}[/] {finding.message}",
@@ -37,6 +49,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     """What the endpoint serves (``GET /v1/models``) beside the shipped and configured profiles,
     and the comparison for the configured model."""
     settings = get_settings()
+    if _no_endpoint(settings):
+        return 2
     profiles = load_profiles(settings.model_profiles_file or None)
     profile = profiles.get(settings.model) or _profile(settings)
     try:
@@ -54,7 +68,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     console = Console()
     if models is not None:
         table = Table(title=f"models served by {settings.resolved_base_url}")
-        for column in ("id", "context length", "shutdown", "profile", "profile window",
+        table.add_column("id", no_wrap=True)
+        for column in ("context length", "shutdown", "profile", "profile window",
                        "profile shutdown (OpenAI)"):
             table.add_column(column)
         for model in models:
@@ -89,10 +104,12 @@ def _model_json(model: ServedModel, profiles: dict[str, ModelProfile]) -> dict[s
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The live check: exit 0 when every case is within ``--tolerance``, 1 on a mismatch or an
-    error, 2 when ``--probe-window`` waits for ``--yes``."""
+    error, 2 when ``--probe-window`` waits for ``--yes`` or no endpoint is configured."""
     from service.checks.live import run_cases, run_window_probe, window_probe
 
     settings = get_settings()
+    if _no_endpoint(settings):
+        return 2
     profile = _profile(settings)
     console = Console(stderr=args.json)
     tolerance = args.tolerance

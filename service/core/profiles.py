@@ -149,8 +149,9 @@ def request_options(profile: ModelProfile, mode: str) -> dict[str, Any]:
     - Reasoning models get no temperature (refused unless the effort is "none") and
       ``reasoning_effort``: the profile's, or "none" with function tools where the model takes
       tools only without reasoning (GPT-6 Luna's page, for Chat Completions).
-    - Strict function tools get ``parallel_tool_calls: false``: OpenAI's function-calling
-      guide says Structured Outputs is not compatible with parallel function calls.
+    - Strict function tools get ``parallel_tool_calls: false``: "Structured Outputs is not
+      compatible with parallel function calls. [...] Set parallel_tool_calls: false" (OpenAI,
+      "Introducing Structured Outputs in the API", limitations).
     Parameters the profile lists as unsupported are never sent.
     """
     options: dict[str, Any] = {}
