@@ -14,6 +14,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from schemas.tasks import Queue
 from service.core.logs import configure_logging, log
 from service.core.settings import get_settings
 from service.store.db import Database
@@ -32,7 +33,7 @@ app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
 @worker_init.connect
 def _check_model(sender: Any = None, **_: Any) -> None:
     """A model worker reads the endpoint's models once and refuses a retired model."""
-    if sender is not None and "model" in sender.app.amqp.queues.consume_from:
+    if sender is not None and Queue.MODEL.value in sender.app.amqp.queues.consume_from:
         from service.checks.startup import check_model_at_start
         from service.core.profiles import get_profile
 
