@@ -46,7 +46,12 @@ class DocumentOut(BaseModel):
     status: DocumentStatus
     pages: int | None = None
     pages_parsed: int | None = None  # while processing: how far ingestion has got
-    tokens: int | None = None
+    tokens: int | None = Field(default=None, description=(
+        "what the document costs in a prompt at the default image detail (auto): "
+        "text_tokens + image_tokens, page headers aside"))
+    text_tokens: int | None = None
+    image_tokens: int | None = Field(default=None, description=(
+        "pages read as images, by the model profile's image rules at detail auto"))
     error: ErrorDetail | None = None
     created_at: datetime
 
@@ -91,6 +96,10 @@ class JobCreate(BaseModel):
     max_tokens_per_call: int | None = Field(default=None, ge=4096, le=100_000_000)
     max_output_tokens: int | None = Field(default=None, ge=256, le=10_000_000)
     max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    plan: Literal["fewest_calls", "cheapest"] = Field(default="fewest_calls", description=(
+        "fewest_calls: one call when everything fits. cheapest: the plan of lowest estimated "
+        "cost, which on a model with price tiers (GPT-6 Luna: prompts over 272K tokens cost 2x) "
+        "can be several calls under the tier's threshold"))
     dry_run: bool = False
 
 
@@ -98,6 +107,8 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    # Of ``completion_tokens``: what a reasoning model spent reasoning (billed as output).
+    reasoning_tokens: int = 0
     # Calls whose worker stopped while they were in flight: the endpoint may have billed them.
     # Their predicted prompt is in ``cost_usd`` (``cost_is_estimate``), not in the token counts.
     unknown_calls: int = 0
@@ -197,6 +208,7 @@ class CallOut(BaseModel):
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0
     cost_usd: float
     gateway_cost_usd: float | None = None
     latency_ms: int

@@ -33,20 +33,31 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_calibration(_: argparse.Namespace) -> int:
-    """Predicted against reported prompt tokens, per model: how exact the accounting is."""
+    """Predicted against reported prompt tokens, per model (and per purpose: extraction calls
+    and merge calls): how exact the accounting is. Only answered calls count: a failed call
+    reports nothing, and one whose worker died (unknown) has no reported usage."""
     from sqlalchemy import func, select
 
-    from service.store.models import ModelCall
+    from service.store.models import CallStatus, ModelCall
 
     error = ModelCall.prompt_tokens - ModelCall.predicted_prompt_tokens
+    stats = (func.count(), func.avg(error), func.min(error), func.max(error),
+             func.sum(ModelCall.prompt_tokens))
+    answered = (ModelCall.predicted_prompt_tokens > 0, ModelCall.status == CallStatus.ANSWERED)
     with _database().unit_of_work() as uow:
         rows = uow.session.execute(
-            select(ModelCall.model, func.count(), func.avg(error), func.min(error), func.max(error),
-                   func.sum(ModelCall.prompt_tokens))
-            .where(ModelCall.predicted_prompt_tokens > 0).group_by(ModelCall.model)).all()
-    print(json.dumps([{"model": m, "calls": n, "mean_error_tokens": round(float(avg or 0), 2),
-                       "min_error_tokens": lo, "max_error_tokens": hi, "prompt_tokens": total}
-                      for m, n, avg, lo, hi, total in rows], indent=2))
+            select(ModelCall.model, *stats).where(*answered).group_by(ModelCall.model)).all()
+        by_purpose = uow.session.execute(
+            select(ModelCall.model, ModelCall.purpose, *stats).where(*answered)
+            .group_by(ModelCall.model, ModelCall.purpose)).all()
+
+    def figures(n: int, avg: float | None, lo: int, hi: int, total: int) -> dict[str, object]:
+        return {"calls": n, "mean_error_tokens": round(float(avg or 0), 2),
+                "min_error_tokens": lo, "max_error_tokens": hi, "prompt_tokens": total}
+
+    print(json.dumps([{"model": m, **figures(*rest),
+                       "by_purpose": {p: figures(*r) for mm, p, *r in by_purpose if mm == m}}
+                      for m, *rest in rows], indent=2))
     return 0
 
 
@@ -217,8 +228,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True, help="tenant name (created if new)")
     create.set_defaults(func=cmd_keys_create)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    sub.add_parser("calibration", help="predicted vs reported prompt tokens per model"
-                   ).set_defaults(func=cmd_calibration)
+    sub.add_parser("calibration", help="predicted vs reported prompt tokens per model "
+                   "(answered calls, extraction and merge)").set_defaults(func=cmd_calibration)
+    from service.checks.commands import add_commands as add_check_commands
+
+    add_check_commands(sub)  # models, check: the endpoint against the model profile
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", help="address to listen on (default: $LONGDOC_HOST)")
     api.add_argument("--port", type=int, help="port to listen on (default: $LONGDOC_PORT)")

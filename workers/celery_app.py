@@ -7,8 +7,14 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import worker_process_init, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
+from schemas.tasks import Queue
 from service.core.logs import configure_logging, log
 from service.core.settings import get_settings
 from service.store.db import Database
@@ -22,6 +28,17 @@ configure_logging(settings.log_level)
 app = make_celery(settings)
 app.conf.include = ["workers.tasks"]
 app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
+
+
+@worker_init.connect
+def _check_model(sender: Any = None, **_: Any) -> None:
+    """A model worker reads the endpoint's models once and refuses a retired model."""
+    if sender is not None and Queue.MODEL.value in sender.app.amqp.queues.consume_from:
+        from service.checks.startup import check_model_at_start
+        from service.core.profiles import get_profile
+
+        check_model_at_start(settings, get_profile(settings.model,
+                                                   settings.model_profiles_file or None), "worker")
 
 
 @worker_shutting_down.connect

@@ -2,6 +2,9 @@
 
 Retries are ours (the SDK's are off) so they can honour ``retry-after-ms`` / ``retry-after``,
 stay within a total time, and tell "try again" apart from "re-plan smaller" and "give up".
+Every body is fitted to the model's profile before it leaves (``profiles.fit_request``): no
+parameter the model refuses, the effort a reasoning model needs, ``parallel_tool_calls: false``
+with strict tools.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from openai import OpenAI
 
 from schemas.errors import LongdocError
 from service.core.logs import log
+from service.core.profiles import ModelProfile, fit_request, get_profile
 from service.core.settings import Settings
 from workers.ratelimit import RateLimiter
 
@@ -28,7 +32,13 @@ class ModelCallFailed(LongdocError):
 
 
 class RequestTooLarge(ModelCallFailed):
-    """The request exceeds the window or the TPM limit: re-plan it in smaller chunks."""
+    """The request exceeds the window or the TPM limit: re-plan it in smaller chunks.
+
+    ``reason`` says which: ``context_length_exceeded`` or ``tokens_per_minute``."""
+
+    def __init__(self, code: str, message: str, reason: str = "context_length_exceeded") -> None:
+        super().__init__(code, message)
+        self.reason = reason
 
 
 @dataclass
@@ -42,6 +52,8 @@ class CallResult:
     cached_tokens: int
     completion_tokens: int
     gateway_cost_usd: float | None
+    # Of completion_tokens, those a reasoning model spent reasoning (``completion_tokens_details``).
+    reasoning_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     latency_ms: int = 0
     attempts: int = 1
@@ -75,18 +87,24 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
     return str(code) if code else None
 
 
-def _is_too_large(exc: openai.APIStatusError) -> bool:
+def _too_large(exc: openai.APIStatusError) -> str | None:
+    """Why the request is too large to be sent as it is, or None."""
     body = exc.body if isinstance(exc.body, dict) else {}
     code = body.get("code") or (body.get("error") or {}).get("code")
     message = str(body.get("message") or exc.message)
-    return code == "context_length_exceeded" or (
-        exc.status_code == 429 and "Request too large" in message)
+    if code == "context_length_exceeded":
+        return "context_length_exceeded"
+    if exc.status_code == 429 and "Request too large" in message:
+        return "tokens_per_minute"
+    return None
 
 
 class ModelClient:
-    def __init__(self, settings: Settings, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, settings: Settings, limiter: RateLimiter | None = None,
+                 profile: ModelProfile | None = None) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.profile = profile or get_profile(settings.model, settings.model_profiles_file or None)
         self.client = OpenAI(
             base_url=settings.resolved_base_url,
             api_key=settings.resolved_api_key or "sandbox",
@@ -106,6 +124,7 @@ class ModelClient:
         """
         started = time.monotonic()
         deadline = started + self.settings.model_max_retry_s
+        body = fit_request(self.profile, body)
         charge = max(prompt_tokens, int(body.get("max_completion_tokens") or 0))
         attempt = 0
         while True:
@@ -127,8 +146,9 @@ class ModelClient:
                     self.limiter.observe(result.headers)
                 return result
             except openai.APIStatusError as exc:
-                if _is_too_large(exc):
-                    raise RequestTooLarge("request_too_large", exc.message) from None
+                too_large = _too_large(exc)
+                if too_large:
+                    raise RequestTooLarge("request_too_large", exc.message, too_large) from None
                 if exc.status_code in (401, 403):
                     raise ModelCallFailed("model_auth_failed",
                                           f"the model endpoint refused the credentials "
@@ -170,6 +190,7 @@ class ModelClient:
                                   f"the endpoint's answer is not a chat completion ({exc})") from None
         usage = completion.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
         cost = raw.headers.get("x-opper-cost")
         tool_calls = message.get("tool_calls") or []
         return CallResult(
@@ -180,6 +201,7 @@ class ModelClient:
             prompt_tokens=usage.get("prompt_tokens", 0),
             cached_tokens=details.get("cached_tokens") or 0,
             completion_tokens=usage.get("completion_tokens", 0),
+            reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
             gateway_cost_usd=float(cost) if cost else None,
             headers={k.lower(): v for k, v in raw.headers.items()
                      if k.lower().startswith("x-ratelimit")},

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.routes import documents, events, health, jobs, pages, ui
+from service.checks.startup import check_model_at_start
 from service.core.logs import configure_logging
 from service.core.profiles import get_profile
 from service.core.settings import Settings, get_settings
@@ -22,6 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_data_dir()
     configure_logging(settings.log_level)
+    profile = get_profile(settings.model, settings.model_profiles_file or None)
+    check_model_at_start(settings, profile, "api")  # says what /v1/models disagrees with
     app = FastAPI(title="longdoc", version="0.1.0",
                   description="Long documents to validated JSON with long-context LLMs.")
     app.state.services = Services(
@@ -29,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db=Database(settings.resolved_database_url),
         storage=open_storage(settings),
         queue=TaskQueue(make_celery(settings)),
-        profile=get_profile(settings.model, settings.model_profiles_file or None),
+        profile=profile,
     )
     install_error_handlers(app)
     for module in (health, documents, pages, jobs, events):

@@ -7,6 +7,7 @@ share them, so a dry run and the real run plan alike.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,13 @@ from schemas.strict import check_schema
 from service.core.pages import ExtractedPage, PageInfo, PageKind, PageStore, load_pages
 from service.core.planner import Part, call_budget, plan_chunks
 from service.core.planner import Plan as ChunkPlan
-from service.core.profiles import ModelProfile, RateTier
+from service.core.profiles import ModelProfile, RateTier, cheapest_budget
 from service.core.prompt import fixed_overhead
 from service.core.settings import Settings
 from service.core.tokens import count_text
 
 JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_per_call",
-               "max_output_tokens", "max_cost_usd")
+               "max_output_tokens", "max_cost_usd", "plan")
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,24 @@ def make_plan(job: JobSpec, documents: Sequence[DocumentPages], profile: ModelPr
         max_tokens_per_call=options.get("max_tokens_per_call"),
     )
     as_images = bool(options.get("pages_as_images"))
-    return plan_chunks(
-        [page_infos(doc, as_images) for doc in documents], profile, overhead=overhead,
-        budget=budget, detail=options.get("image_detail", "auto"),
-        load_text=TextLoader(store, documents),
-    )
+    pages = [page_infos(doc, as_images) for doc in documents]
+    loader = TextLoader(store, documents)
+    detail = options.get("image_detail", "auto")
+    plan = plan_chunks(pages, profile, overhead=overhead, budget=budget, detail=detail,
+                       load_text=loader)
+    if options.get("plan") == "cheapest":
+        cap = cheapest_budget(profile, budget=budget, overhead=overhead,
+                              page_tokens=plan.total_tokens - overhead * len(plan.chunks),
+                              output_per_call=expected_call_output(job, profile, settings),
+                              margin=settings.safety_margin_tokens)
+        if cap < budget:
+            # Kept only if it really is cheaper once cut into whole pages.
+            cheaper = plan_chunks(pages, profile, overhead=overhead, budget=cap, detail=detail,
+                                  load_text=loader)
+            if estimate_cost(job, cheaper, profile, settings) < estimate_cost(job, plan, profile,
+                                                                               settings):
+                plan = cheaper
+    return plan
 
 
 def chunk_view(parts: Sequence[Part], prompt_tokens: int, document_ids: Sequence[str]) -> dict[str, Any]:
@@ -138,10 +152,20 @@ def expected_output_tokens(strict_schema: dict[str, Any], reserved: int) -> int:
     return min(reserved, max(256, 3 * count_text(json.dumps(strict_schema))))
 
 
-def estimate_cost(job: JobSpec, plan: ChunkPlan, profile: ModelProfile, settings: Settings) -> float:
+def expected_call_output(job: JobSpec, profile: ModelProfile, settings: Settings) -> int:
+    """Output tokens one call is expected to bill: its answer, and on a reasoning model the
+    reasoning tokens the profile estimates for it (both are billed as output)."""
     reserved = reserved_output(settings, profile, job.options)
-    per_call = expected_output_tokens(check_schema(job.schema), reserved)
-    return profile.cost_usd(plan.total_tokens, 0, per_call * len(plan.chunks))
+    answer = expected_output_tokens(check_schema(job.schema), reserved)
+    reasoning = math.ceil(answer * profile.reasoning_output_ratio) if profile.reasoning else 0
+    return min(reserved, answer + reasoning)
+
+
+def estimate_cost(job: JobSpec, plan: ChunkPlan, profile: ModelProfile, settings: Settings) -> float:
+    """Call by call: each call's prompt decides its price tier (a prompt over a long-context
+    threshold bills the whole call at the higher rates), so a plan's total tokens cannot."""
+    per_call = expected_call_output(job, profile, settings)
+    return sum(profile.cost_usd(chunk.prompt_tokens, 0, per_call) for chunk in plan.chunks)
 
 
 def check_cost(job: JobSpec, plan: ChunkPlan, profile: ModelProfile, settings: Settings) -> float:

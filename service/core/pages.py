@@ -4,6 +4,7 @@ step, and the compact index of it that the planner budgets with."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -59,6 +60,30 @@ class PageInfo:
 
 def page_info(page: ExtractedPage) -> PageInfo:
     return PageInfo(page.kind, page.text_tokens, page.width, page.height, page.image_bytes)
+
+
+def prompt_tokens(index: Sequence[list[Any]], image_cost: Callable[[int, int], int]) -> int:
+    """What a document costs in a prompt: its text pages' tokens and, for pages the model reads
+    as images, ``image_cost(width, height)`` (the profile's rule at the default detail). Page
+    headers are left out: they depend on the document's place in a job."""
+    total = 0
+    for row in index:
+        info = PageInfo.from_row(row)
+        if info.kind == PageKind.IMAGE:
+            total += image_cost(info.width, info.height)
+        else:
+            total += info.text_tokens
+    return total
+
+
+def split_tokens(tokens: int | None, index: Sequence[list[Any]] | None) -> tuple[int | None, int | None]:
+    """(text, image) parts of a document's recorded ``tokens``: the text tokens are in its page
+    index, the images are the rest (recorded at ingestion with the model profile of the time)."""
+    if tokens is None or index is None:
+        return None, None
+    text = sum(PageInfo.from_row(row).text_tokens for row in index
+               if PageInfo.from_row(row).kind != PageKind.IMAGE)
+    return text, max(0, tokens - text)
 
 
 def save_pages(store: PageStore, pages: list[ExtractedPage]) -> str:

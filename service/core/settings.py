@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     model_api_key: str = ""
     model_profiles_file: str = ""
     model_timeout_s: float = 600.0
+    # The API and the model workers read the endpoint's GET /v1/models once at start, for at
+    # most this long (0 = no check), and refuse a model whose shutdown date has passed unless
+    # allowed (service/checks/startup.py).
+    model_check_timeout_s: float = 3.0
+    allow_retired_model: bool = False
     # Quick retries of one call; after them a chunk waits out an outage (``model_outage_s``).
     model_max_attempts: int = 4
     model_max_retry_s: float = 30.0

@@ -55,6 +55,7 @@ def progress_data(job: Job) -> dict[str, Any]:
     return {"chunks_done": job.chunks_done, "chunks_total": job.chunks_total,
             "usage": {"prompt_tokens": job.prompt_tokens, "cached_tokens": job.cached_tokens,
                       "completion_tokens": job.completion_tokens,
+                      "reasoning_tokens": job.reasoning_tokens or 0,
                       "unknown_calls": job.unknown_calls or 0},
             "cost_usd": round(job.cost_usd or 0.0, 8), "cost_is_estimate": bool(job.unknown_calls),
             "waiting": waiting}

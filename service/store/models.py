@@ -166,6 +166,7 @@ class Job(Leased, Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)  # within completion
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     gateway_cost_usd: Mapped[float | None] = mapped_column(Float)
     finalizing: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -225,6 +226,7 @@ class ModelCall(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)  # within completion
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     gateway_cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,6 +17,7 @@ from schemas.api import (
     Usage,
     Waiting,
 )
+from service.core.pages import split_tokens
 from service.store.models import Document, Job, ModelCall, WebhookAttempt, WebhookDelivery
 
 
@@ -25,17 +26,20 @@ def _error(code: str | None, message: str | None) -> ErrorDetail | None:
 
 
 def document_out(doc: Document) -> DocumentOut:
+    text_tokens, image_tokens = split_tokens(doc.tokens, doc.page_index)
     return DocumentOut(
         id=doc.id, filename=doc.filename, source_url=doc.source_url, sha256=doc.sha256,
         media_type=doc.media_type, bytes=doc.bytes, status=DocumentStatus(doc.status),
         pages=doc.pages, pages_parsed=doc.pages_parsed, tokens=doc.tokens,
+        text_tokens=text_tokens, image_tokens=image_tokens,
         error=_error(doc.error_code, doc.error_message), created_at=doc.created_at,
     )
 
 
 def job_usage(job: Job) -> Usage:
     return Usage(prompt_tokens=job.prompt_tokens, cached_tokens=job.cached_tokens,
-                 completion_tokens=job.completion_tokens, unknown_calls=job.unknown_calls or 0)
+                 completion_tokens=job.completion_tokens,
+                 reasoning_tokens=job.reasoning_tokens or 0, unknown_calls=job.unknown_calls or 0)
 
 
 def job_out(job: Job, document_ids: list[str]) -> JobOut:
@@ -63,7 +67,8 @@ def call_out(call: ModelCall) -> CallOut:
         model=call.model, finish_reason=call.finish_reason, error=call.error,
         predicted_prompt_tokens=call.predicted_prompt_tokens, prompt_tokens=call.prompt_tokens,
         cached_tokens=call.cached_tokens, completion_tokens=call.completion_tokens,
-        cost_usd=round(call.cost_usd, 8), gateway_cost_usd=call.gateway_cost_usd,
+        reasoning_tokens=call.reasoning_tokens or 0, cost_usd=round(call.cost_usd, 8),
+        gateway_cost_usd=call.gateway_cost_usd,
         latency_ms=call.latency_ms, at=call.created_at)
 
 

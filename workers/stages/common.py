@@ -112,10 +112,12 @@ def settle_call(session: Session, job: Job, row: ModelCall, call: CallResult | N
     row.finish_reason, row.latency_ms = call.finish_reason, call.latency_ms
     row.prompt_tokens, row.cached_tokens = call.prompt_tokens, call.cached_tokens
     row.completion_tokens, row.cost_usd = call.completion_tokens, cost
+    row.reasoning_tokens = call.reasoning_tokens
     row.gateway_cost_usd = call.gateway_cost_usd
     job.prompt_tokens += call.prompt_tokens
     job.cached_tokens += call.cached_tokens
     job.completion_tokens += call.completion_tokens
+    job.reasoning_tokens = (job.reasoning_tokens or 0) + call.reasoning_tokens
     job.cost_usd += cost
     if call.gateway_cost_usd is not None:
         job.gateway_cost_usd = (job.gateway_cost_usd or 0.0) + call.gateway_cost_usd

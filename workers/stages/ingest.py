@@ -8,7 +8,7 @@ from typing import Any
 from schemas.errors import ErrorCode
 from schemas.tasks import Task
 from service.core.logs import log
-from service.core.pages import page_info, save_pages
+from service.core.pages import page_info, prompt_tokens, save_pages
 from service.core.secrets import unseal
 from service.store.blobs import record_blobs
 from service.store.db import UnitOfWork
@@ -38,7 +38,7 @@ def record_pages_parsed(ctx: WorkerContext, document_id: str) -> PageProgress:
 
 def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = None,
                    render_all: bool = False, progress: PageProgress | None = None) -> dict[str, Any]:
-    """The document's pages artifact key, page index, text tokens and the stored files it made,
+    """The document's pages artifact key, page index and the stored files it made,
     parsed in a child process with CPU-time and memory limits."""
     settings, storage = ctx.settings, ctx.storage
     path = str(storage.path(doc.sha256))
@@ -49,7 +49,6 @@ def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = Non
         pages = parse_document(path, doc.media_type, storage, options)
         pages_key = save_pages(storage, pages)
         return {"pages_key": pages_key, "index": [page_info(p).as_row() for p in pages],
-                "tokens": sum(p.text_tokens for p in pages),
                 "blobs": sorted({pages_key, *(p.image for p in pages if p.image)})}
 
     result: dict[str, Any] = run_isolated(
@@ -98,7 +97,10 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
             doc.status, doc.pages_key = DocumentStatus.READY, outcome["pages_key"]
             doc.page_index, doc.pages = outcome["index"], len(outcome["index"])
             doc.pages_parsed = doc.pages
-            doc.tokens = outcome["tokens"]
+            # What the document costs in a prompt at the default detail, images included
+            # (an image-only PDF used to read 0): the profile's image rule, once, here.
+            doc.tokens = prompt_tokens(
+                outcome["index"], lambda w, h: ctx.profile.image_tokens(w, h, "auto"))
             record_blobs(uow.session, doc.id, outcome["blobs"])
             log.info("document.ready", document_id=doc.id, pages=doc.pages, tokens=doc.tokens)
             plan_waiting_jobs(uow, document_id)
