@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from schemas.errors import ErrorCode
 from service.api.deps import Services
-from service.api.errors import install_error_handlers
+from service.api.errors import error_response, install_error_handlers
 from service.api.routes import documents, health, jobs
-from service.core.logs import configure_logging
+from service.core.logs import configure_logging, log
 from service.core.profiles import get_profile
 from service.core.settings import Settings, get_settings
 from service.store.db import Database
 from service.store.queue import TaskQueue, make_celery
-from service.store.storage import open_storage
+from service.store.storage import StorageUnavailable, open_storage
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,6 +34,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         profile=get_profile(settings.model, settings.model_profiles_file or None),
     )
     install_error_handlers(app)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # The file store (S3) is down or refuses our credentials: nothing the client did, and
+        # worth a retry, like /readyz's 503.
+        log.error("api.storage_unavailable", error=str(exc))
+        return error_response(503, ErrorCode.NOT_READY, "file storage is unavailable; try again",
+                              {"Retry-After": "5"})
+
     for module in (health, documents, jobs):
         app.include_router(module.router)
     return app
