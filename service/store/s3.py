@@ -235,18 +235,35 @@ class S3Storage:
                 removed += 1
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:
-            stale = [(u["Key"], u["UploadId"])
-                     for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.base}tmp/")
-                     for u in page.get("Uploads", []) if u["Initiated"].timestamp() < cutoff]
+            started_long_ago = [
+                (u["Key"], u["UploadId"])
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.base}tmp/")
+                for u in page.get("Uploads", []) if u["Initiated"].timestamp() < cutoff]
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"S3 ListMultipartUploads failed: {_reason(exc)}") from exc
-        for object_key, upload_id in stale:
-            self._abort(object_key, upload_id)
-            removed += 1
+        for object_key, upload_id in started_long_ago:
+            # A slow upload may still be sending parts: only one idle for the grace period goes.
+            if self._last_part_time(object_key, upload_id) < cutoff:
+                self._abort(object_key, upload_id)
+                removed += 1
         for obj in list(self._listed(f"{self.base}touched/")):
             if obj["LastModified"].timestamp() < cutoff:
                 self._delete(obj["Key"])
         return removed
+
+    def _last_part_time(self, object_key: str, upload_id: str) -> float:
+        paginator = self.client.get_paginator("list_parts")
+        try:
+            parts = [part for page in paginator.paginate(Bucket=self.bucket, Key=object_key,
+                                                         UploadId=upload_id)
+                     for part in page.get("Parts", [])]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return time.time()  # finished meanwhile: nothing to abort
+            raise StorageUnavailable(f"S3 ListParts failed: {_reason(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"S3 ListParts failed: {_reason(exc)}") from exc
+        return max((p["LastModified"].timestamp() for p in parts), default=0.0)
 
     def _abort(self, object_key: str, upload_id: str) -> None:
         try:
