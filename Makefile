@@ -21,8 +21,9 @@ setup: $(STAMP)
 services:
 	scripts/ensure-services.sh redis
 
+# The tests also run the service on RabbitMQ (tests/store); they start their own S3 server.
 test-services:
-	scripts/ensure-services.sh redis postgresql
+	scripts/ensure-services.sh redis postgresql rabbitmq
 
 # Starts the API, the workers, beat and (without a model API key) the sandbox model.
 # Loopback webhook targets and upload URLs are allowed here so local servers can be used.
