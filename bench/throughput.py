@@ -3,12 +3,15 @@
     .venv/bin/python -m bench.throughput overhead  [--jobs 1000] [--backends default,s3,...]
     .venv/bin/python -m bench.throughput latency   [--jobs 500]  [--backends default,s3,...]
     .venv/bin/python -m bench.throughput ratelimit [--minutes 4]
+    .venv/bin/python -m bench.throughput s3read    [--pages 1400] [--runs 3]
 
 overhead:  one-page jobs against a zero-latency sandbox: jobs/s and CPU ms per job of the API and
            the workers (the sandbox, the S3 server, the brokers and this client not counted).
 latency:   one-page jobs at the seed latency (0.47 s to first token, 144 tokens/s): the total time
            against one call's latency, and calls in flight over time.
 ratelimit: tier-1 preset (500 RPM, 200k TPM) on both sides: tokens per minute against the limit.
+s3read:    a parser reading a stored PDF from S3 (ranged GETs, or a downloaded copy) against a
+           local file, and the PDF from upload to "ready" on local files and on S3.
 
 overhead and latency run once per backend, in the same run, and report each against the
 default (local files, Redis broker): "s3" keeps files in a bucket on moto's S3 server on
@@ -258,9 +261,96 @@ def ratelimit(args: argparse.Namespace) -> None:
             stack.stop()
 
 
+def s3read(args: argparse.Namespace) -> None:
+    """How a parser should read a stored file that lives in S3: through ranged GETs, from a
+    copy downloaded to the worker's disk, or (the baseline) from a local file; then the same
+    PDF from upload to "ready" on a stack with local files and one with S3."""
+    from service.core.settings import S3Location
+    from service.core.tokens import get_encoding
+    from service.store.s3 import S3Storage
+    from service.store.storage import LocalStorage
+    from tests.support.s3server import CREDENTIALS
+    from workers.isolation import ChildUsage, run_isolated
+    from workers.parsing import PdfOptions, parse_document
+
+    os.environ.update(CREDENTIALS)
+    get_encoding()  # loaded once here, inherited by every forked parse
+    pdf = text_pdf(args.pages, lines=42)
+    s3 = S3Server()
+    try:
+        s3.client().create_bucket(Bucket="bench")
+        remote = S3Storage(S3Location("bench", "files"), s3.endpoint)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = LocalStorage(Path(tmp) / "files")
+            key = local.put_bytes(pdf)
+            remote.put_bytes(pdf)
+
+            def parse(source: Any, storage: Any) -> int:
+                pages = parse_document(source, "application/pdf", storage, PdfOptions(None, 100_000))
+                return sum(p.text_tokens for p in pages)
+
+            def downloaded() -> int:
+                path = Path(tmp) / "copy.pdf"
+                remote.client.download_file("bench", remote.blob_key(key), str(path))
+                return parse(str(path), remote)
+
+            strategies: dict[str, Callable[[], Callable[[], int]]] = {
+                "local file (baseline)": lambda: lambda: parse(local.source(key), local),
+                "S3, ranged GETs (1 MiB blocks, 16 cached)":
+                    lambda: (lambda source: lambda: parse(source, remote))(remote.source(key)),
+                "S3, downloaded to the worker's disk first": lambda: downloaded,
+            }
+            rows = []
+            for name, make in strategies.items():
+                times, peak = [], 0
+                for _ in range(args.runs):
+                    usage = ChildUsage()
+                    work = make()  # as ingestion does: the source is opened before the fork
+                    started = time.perf_counter()
+                    tokens = run_isolated(work, cpu_s=300, memory_bytes=2 << 30, wall_s=600,
+                                          usage=usage)
+                    times.append(time.perf_counter() - started)
+                    peak = max(peak, usage.peak_private_bytes)
+                rows.append((name, min(times), peak, tokens))
+        base = rows[0][1]
+        print(f"\n{args.pages}-page text PDF ({len(pdf) / 1e6:.1f} MB), parsed in a forked child "
+              f"(best of {args.runs}):")
+        print("| source | seconds | ratio | peak private memory of the parse |")
+        print("|---|---:|---:|---:|")
+        for name, seconds, peak, _ in rows:
+            print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x | {peak / 2**20:.0f} MiB |")
+        assert len({r[3] for r in rows}) == 1, "every source gives the same token count"
+
+        ready: dict[str, list[float]] = {}
+        for backend in ("default", "s3"):
+            with tempfile.TemporaryDirectory() as tmp:
+                stack = backend_stack(tmp, backend, s3)
+                try:
+                    with stack.client(stack.create_key("bench")["api_key"]) as client:
+                        ready[backend] = []
+                        for run in range(args.runs):
+                            started = time.perf_counter()
+                            # A different PDF each run: no upload is a duplicate of another.
+                            data = pdf + f"%run {run}\n".encode()
+                            doc = upload(client, "long.pdf", data=data).json()
+                            assert wait_document(client, doc["id"], 180)["status"] == "ready"
+                            ready[backend].append(time.perf_counter() - started)
+                finally:
+                    stack.stop()
+        print(f"\nPOST /v1/documents to ready, the same {args.pages}-page PDF (best of {args.runs}):")
+        print("| storage | seconds | ratio |")
+        print("|---|---:|---:|")
+        for backend, times in ready.items():
+            print(f"| {backend} | {min(times):.2f} | {min(times) / min(ready['default']):.2f}x |")
+    finally:
+        s3.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["overhead", "latency", "ratelimit"])
+    parser.add_argument("mode", choices=["overhead", "latency", "ratelimit", "s3read"])
+    parser.add_argument("--pages", type=int, default=1400)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--minutes", type=float, default=4)
     parser.add_argument("--backends", default=",".join(BACKENDS),
@@ -276,6 +366,8 @@ def main() -> None:
     elif args.mode == "latency":
         args.jobs = args.jobs or 500
         latency(args)
+    elif args.mode == "s3read":
+        s3read(args)
     else:
         ratelimit(args)
 
