@@ -93,11 +93,14 @@ class S3Storage:
         the inherited session, whose loaded service model makes that quick."""
         if self._pid != os.getpid():
             self._lock, self._client, self._pid = threading.Lock(), None, os.getpid()
-        with self._lock:
-            if self._client is None:
-                self._client = self._session.client("s3", endpoint_url=self.endpoint_url,
-                                                    config=self.config)
-            return self._client
+        client = self._client
+        if client is None:
+            with self._lock:  # sessions are not thread-safe: one thread makes the client
+                if self._client is None:
+                    self._client = self._session.client("s3", endpoint_url=self.endpoint_url,
+                                                        config=self.config)
+                client = self._client
+        return client
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:

@@ -50,3 +50,23 @@ def test_the_api_and_the_workers_refuse_to_start_on_an_unknown_scheme(url: str, 
         assert out.returncode != 0
         assert "LONGDOC_STORAGE_URL" in out.stderr and "s3://bucket/prefix" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing was created"
+
+
+def test_the_scaled_compose_file_configures_s3_and_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.store.queue import make_celery
+    from service.store.s3 import S3Storage
+    from service.store.storage import open_storage
+    from tests.deploy.checks import load_compose
+
+    for name, value in load_compose("compose.scale.yaml").environment("worker-cpu").items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    storage = open_storage(settings)
+    assert isinstance(storage, S3Storage)
+    assert (storage.bucket, storage.base, storage.endpoint_url) == ("longdoc", "files/", "http://minio:9000")
+    assert storage.config.s3 == {"addressing_style": "path"}
+    queues = make_celery(settings).conf.task_queues
+    assert settings.broker_is_amqp
+    assert {q.name: q.queue_arguments["x-queue-type"] for q in queues} == {"cpu": "quorum",
+                                                                          "model": "quorum"}
+    assert {q.exchange.type for q in queues} == {"topic"}
