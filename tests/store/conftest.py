@@ -8,8 +8,6 @@ import pytest
 
 from tests.support.s3server import S3Server
 
-MiB = 1024 * 1024
-
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

@@ -10,17 +10,28 @@ import json
 import os
 import random
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.store.conftest import MiB
 from tests.support.fileserver import FileServer
 from tests.support.s3server import S3Server
-from tests.support.stack import CORPUS, Stack, start_stack, upload, wait_document, wait_job, wait_until
+from tests.support.stack import (
+    CORPUS,
+    Stack,
+    free_port,
+    start_stack,
+    upload,
+    wait_document,
+    wait_http,
+    wait_job,
+    wait_until,
+)
 
+MiB = 1024 * 1024
 SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"}}}
 TEXT_PDF = CORPUS / "004-pdflatex-4-pages" / "pdflatex-4-pages.pdf"
 SCANNED_PDF = CORPUS / "007-imagemagick-images" / "imagemagick-images.pdf"
@@ -174,3 +185,30 @@ def test_the_collector_removes_only_old_unreferenced_objects(s3_stack: Stack, s3
     stored = blobs(s3_server, s3_stack.bucket)
     assert kept["sha256"] in stored, "an object a document refers to stays"
     assert fresh in stored, "an unreferenced object inside the grace period stays"
+
+
+def test_a_store_that_does_not_answer_is_a_503_not_a_500(s3_server: S3Server, tmp_path) -> None:
+    """The API alone, on a bucket that does not exist: readiness and uploads say "try again"."""
+    s = Stack(tmp_path)
+    s.data_dir = tmp_path / "data"
+    s.data_dir.mkdir()
+    s.env = {**os.environ, "LONGDOC_DATA_DIR": str(s.data_dir),
+             **s3_server.env("no-such-bucket")}
+    s.pg = None
+    try:
+        s.longdoc(["migrate"])
+        api_port = free_port()
+        s.url = f"http://127.0.0.1:{api_port}"
+        proc = s._spawn("api", [sys.executable, "-m", "uvicorn", "service.api.app:create_app",
+                                "--factory", "--host", "127.0.0.1", "--port", str(api_port)])
+        wait_http(f"{s.url}/healthz", 60, [proc])
+        with s.client(s.create_key("outage")["api_key"]) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["storage"].startswith("unavailable")
+            refused = upload(client, TEXT_PDF)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "not_ready"
+            assert refused.headers["retry-after"] == "5"
+    finally:
+        s.stop()
