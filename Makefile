@@ -41,7 +41,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each.
+# Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each
+# (overhead and latency once per backend: local files or S3, Redis or RabbitMQ).
 bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
@@ -50,6 +51,7 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput overhead
 	$(BIN)/python -m bench.throughput latency
 	$(BIN)/python -m bench.throughput ratelimit
+	$(BIN)/python -m bench.throughput s3read
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache
