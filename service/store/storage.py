@@ -26,7 +26,7 @@ HEX = frozenset("0123456789abcdef")
 Source = str | BinaryIO
 
 
-class StorageUnavailable(Exception):  # noqa: N818 - reads as the state it reports
+class StorageUnavailable(Exception):
     """The blob store did not answer or refused the service's credentials: a reason to retry
     later (the API answers 503), never a verdict on the file."""
 
