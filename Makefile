@@ -21,8 +21,9 @@ setup: $(STAMP)
 services:
 	scripts/ensure-services.sh redis
 
+# The tests also run the service on RabbitMQ (tests/store); they start their own S3 server.
 test-services:
-	scripts/ensure-services.sh redis postgresql
+	scripts/ensure-services.sh redis postgresql rabbitmq
 
 # The playground test drives Debian's chromium through the pip playwright package, which must
 # never download a browser of its own (the registries are all that can be reached here).
@@ -49,7 +50,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each.
+# Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each
+# (overhead and latency once per backend: local files or S3, Redis or RabbitMQ).
 bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
@@ -58,6 +60,7 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput overhead
 	$(BIN)/python -m bench.throughput latency
 	$(BIN)/python -m bench.throughput ratelimit
+	$(BIN)/python -m bench.throughput s3read
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache

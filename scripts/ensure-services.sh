@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the systems longdoc needs when nothing answers on their port; installs them from
-# Debian's packages when they are missing. Usage: ensure-services.sh redis [postgresql]
+# Debian's packages when they are missing. Usage: ensure-services.sh redis [postgresql] [rabbitmq]
+# (The S3 server the tests use, moto's, is started by the tests themselves on a free port.)
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -46,10 +47,21 @@ ensure_postgresql() {
   fi
 }
 
+ensure_rabbitmq() {
+  answers 5672 && return 0
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  # Debian's package listens on every interface by default: loopback is enough here.
+  RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached
+  wait_for 5672 RabbitMQ
+  # Booted, not only listening: the tests create a vhost per stack with rabbitmqctl.
+  rabbitmqctl -q --timeout 60 await_startup
+}
+
 for service in "$@"; do
   case "$service" in
     redis) ensure_redis ;;
     postgresql) ensure_postgresql ;;
+    rabbitmq) ensure_rabbitmq ;;
     *) echo "ensure-services: unknown service $service" >&2; exit 2 ;;
   esac
 done

@@ -16,7 +16,7 @@ from service.core.settings import Settings
 from service.store.db import Database, UnitOfWork
 from service.store.leases import start_renewing
 from service.store.queue import TaskQueue
-from service.store.storage import LocalStorage, open_storage
+from service.store.storage import BlobStore, open_storage
 from workers.model_client import ModelClient
 from workers.ratelimit import RateLimiter
 from workers.webhook_sender import WebhookSender
@@ -26,7 +26,7 @@ from workers.webhook_sender import WebhookSender
 class WorkerContext:
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: BlobStore
     profile: ModelProfile
     queue: TaskQueue
 

@@ -20,9 +20,9 @@ from PIL import Image, ImageOps, ImageSequence
 from pypdf.errors import PyPdfError
 
 from schemas.errors import LongdocError
-from service.core.pages import ExtractedPage
+from service.core.pages import ExtractedPage, PageStore
 from service.core.tokens import count_text, patch_scale
-from service.store.storage import LocalStorage
+from service.store.storage import Source
 
 PAGES_PER_PROCESS = 150  # below this, forking another parser costs more than it saves
 MIN_TEXT_CHARS = 40  # fewer visible characters than this is no usable text layer
@@ -69,7 +69,7 @@ def encode_jpeg(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _image_page(storage: LocalStorage, data: bytes, size: tuple[int, int], media: str) -> ExtractedPage:
+def _image_page(storage: PageStore, data: bytes, size: tuple[int, int], media: str) -> ExtractedPage:
     key = storage.put_bytes(data)
     return ExtractedPage(kind="image", image=key, image_media_type=media, width=size[0],
                          height=size[1], image_bytes=len(data))
@@ -94,13 +94,14 @@ class PdfOptions:
     progress: ProgressSink | None = None
 
 
-def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | None]:
-    """What PDFium should open: the file itself, or pypdf's rebuild of a file PDFium refused."""
+def _open_source(source: Source, password: str | None) -> tuple[Source | bytes, str | None]:
+    """What PDFium should open: the file itself (a path, or a reader over the stored object),
+    or pypdf's rebuild of a file PDFium refused."""
     import pypdfium2 as pdfium
 
     try:
-        pdfium.PdfDocument(path, password=password).close()
-        return path, password
+        pdfium.PdfDocument(source, password=password).close()
+        return source, password
     except pdfium.PdfiumError as exc:
         if getattr(exc, "err_code", None) == 4:  # FPDF_ERR_PASSWORD
             if password:
@@ -108,7 +109,7 @@ def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | No
             raise ParseError("pdf_encrypted",
                              "the PDF is encrypted: upload it again with its 'password'") from None
     try:
-        rebuilt = _rebuilt_with_pypdf(path, password)
+        rebuilt = _rebuilt_with_pypdf(source, password)
     except ParseError:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
@@ -124,7 +125,7 @@ def _open_source(path: str, password: str | None) -> tuple[str | bytes, str | No
     return rebuilt, None
 
 
-def render_page(page: PdfPage, storage: LocalStorage) -> ExtractedPage:
+def render_page(page: PdfPage, storage: PageStore) -> ExtractedPage:
     width, height = page.get_size()
     target = useful_size(width * 4, height * 4)  # start from 288 dpi, come down to the cap
     scale = min(target[0] / width, target[1] / height)
@@ -141,8 +142,8 @@ def render_size(page: PdfPage) -> tuple[int, int]:
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
-def _pages_in_range(source: str | bytes, password: str | None, first: int, stop: int,
-                    storage: LocalStorage, options: PdfOptions) -> list[ExtractedPage]:
+def _pages_in_range(source: Source | bytes, password: str | None, first: int, stop: int,
+                    storage: PageStore, options: PdfOptions) -> list[ExtractedPage]:
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument(source, password=password)
@@ -175,7 +176,7 @@ def _pages_in_range(source: str | bytes, password: str | None, first: int, stop:
         pdf.close()
 
 
-def parse_pdf(path: str, storage: LocalStorage, options: PdfOptions) -> list[ExtractedPage]:
+def parse_pdf(path: Source, storage: PageStore, options: PdfOptions) -> list[ExtractedPage]:
     import pypdfium2 as pdfium
 
     source, password = _open_source(path, options.password)
@@ -217,7 +218,7 @@ def _has_graphics(page: PdfPage) -> bool:
     return any(True for _ in page.get_objects(filter=kinds, max_depth=4))
 
 
-def _rebuilt_with_pypdf(path: str, password: str | None) -> bytes | None:
+def _rebuilt_with_pypdf(path: Source, password: str | None) -> bytes | None:
     """PDFium refused the file: pypdf's lenient parser rebuilds what it can into a clean PDF.
 
     When the page tree itself is gone, the surviving page objects are collected (the first page
@@ -271,7 +272,7 @@ def _frames(img: Image.Image, media_type: str) -> Iterator[Image.Image]:
         yield img  # GIF and the rest: the first frame
 
 
-def parse_image(path: str, media_type: str, storage: LocalStorage, max_pages: int) -> list[ExtractedPage]:
+def parse_image(path: Source, media_type: str, storage: PageStore, max_pages: int) -> list[ExtractedPage]:
     if media_type in ("image/heif", "image/avif"):
         try:
             from pillow_heif import register_heif_opener
@@ -297,15 +298,22 @@ def parse_image(path: str, media_type: str, storage: LocalStorage, max_pages: in
                          f"the image is damaged or truncated ({type(exc).__name__})") from None
 
 
-def _image_frame(frame: Image.Image, fmt: str, storage: LocalStorage, path: str,
+def _read_all(source: Source) -> bytes:
+    if isinstance(source, str):
+        with open(source, "rb") as fh:
+            return fh.read()
+    source.seek(0)
+    return source.read()
+
+
+def _image_frame(frame: Image.Image, fmt: str, storage: PageStore, path: Source,
                  first: bool) -> ExtractedPage:
     width, height = frame.size
     target = useful_size(width, height)
     orientation = frame.getexif().get(0x0112, 1) if hasattr(frame, "getexif") else 1
     if first and fmt in MODEL_IMAGE_FORMATS and target == (width, height) and orientation == 1:
-        with open(path, "rb") as fh:
-            data = fh.read()
         frame.load()  # a truncated file fails here, not at the model
+        data = _read_all(path)  # after load: Pillow may still be reading the same stream
         return _image_page(storage, data, (width, height), Image.MIME[fmt])
     if fmt == "JPEG":
         frame.draft("RGB", target)  # decode at a reduced scale: far faster for big photos
@@ -319,8 +327,9 @@ def _image_frame(frame: Image.Image, fmt: str, storage: LocalStorage, path: str,
 
 
 def parse_document(
-    path: str, media_type: str, storage: LocalStorage, options: PdfOptions
+    path: Source, media_type: str, storage: PageStore, options: PdfOptions
 ) -> list[ExtractedPage]:
+    """``path``: a local path, or a seekable reader (``BlobStore.source``)."""
     if media_type == "application/pdf":
         pages = parse_pdf(path, storage, options)
     else:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from schemas.errors import ErrorCode
 from service.api.deps import Services
-from service.api.errors import install_error_handlers
+from service.api.errors import error_response, install_error_handlers
 from service.api.routes import documents, events, health, jobs, pages, ui
 from service.checks.startup import check_model_at_start
-from service.core.logs import configure_logging
+from service.core.logs import configure_logging, log
 from service.core.profiles import get_profile
 from service.core.settings import Settings, get_settings
 from service.store.db import Database
 from service.store.queue import TaskQueue, make_celery
-from service.store.storage import open_storage
+from service.store.storage import StorageUnavailable, open_storage
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,6 +37,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         profile=profile,
     )
     install_error_handlers(app)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # The file store (S3) is down or refuses our credentials: nothing the client did, and
+        # worth a retry, like /readyz's 503.
+        log.error("api.storage_unavailable", error=str(exc))
+        return error_response(503, ErrorCode.NOT_READY, "file storage is unavailable; try again",
+                              {"Retry-After": "5"})
+
     for module in (health, documents, pages, jobs, events):
         app.include_router(module.router)
     ui.install(app)

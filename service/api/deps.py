@@ -18,7 +18,7 @@ from service.store.db import Database, UnitOfWork
 from service.store.keys import tenant_for_key
 from service.store.models import Tenant
 from service.store.queue import TaskQueue
-from service.store.storage import LocalStorage
+from service.store.storage import BlobStore
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Services:
 
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: BlobStore
     queue: TaskQueue
     profile: ModelProfile
 

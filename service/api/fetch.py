@@ -17,7 +17,7 @@ import httpcore
 from schemas.errors import ErrorCode, LongdocError
 from service.api.uploads import UploadedFile
 from service.core.outbound import AsyncGuardedBackend, Target, TargetRefused, parse_url, resolve_checked
-from service.store.storage import LocalStorage
+from service.store.storage import BlobStore
 
 MAX_REDIRECTS = 5
 
@@ -32,7 +32,7 @@ def _judge(url: str, allowed: list[str]) -> Target:
     return target
 
 
-async def fetch_url(url: str, storage: LocalStorage, max_bytes: int, allowed: list[str],
+async def fetch_url(url: str, storage: BlobStore, max_bytes: int, allowed: list[str],
                     timeout_s: float) -> tuple[Target, UploadedFile]:
     """The first target and the fetched file (temporary until committed)."""
     first = await asyncio.to_thread(_judge, url, allowed)
@@ -44,7 +44,7 @@ async def fetch_url(url: str, storage: LocalStorage, max_bytes: int, allowed: li
                            f"the file did not arrive within {timeout_s:.0f} s") from None
 
 
-async def _download(target: Target, storage: LocalStorage, max_bytes: int, allowed: list[str],
+async def _download(target: Target, storage: BlobStore, max_bytes: int, allowed: list[str],
                     timeout_s: float) -> UploadedFile:
     timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     headers = [(b"user-agent", b"longdoc-fetch/1"), (b"accept", b"*/*")]
@@ -78,7 +78,7 @@ def _header(response: Any, name: bytes) -> bytes | None:
     return None
 
 
-async def _store(response: Any, storage: LocalStorage, max_bytes: int) -> UploadedFile:
+async def _store(response: Any, storage: BlobStore, max_bytes: int) -> UploadedFile:
     declared = _header(response, b"content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise LongdocError(ErrorCode.FILE_TOO_LARGE,
@@ -92,6 +92,8 @@ async def _store(response: Any, storage: LocalStorage, max_bytes: int) -> Upload
             if len(head) < 64:
                 head += chunk[: 64 - len(head)]
             writer.write(chunk)
+            if writer.pending:  # a full part for S3: sent off the event loop
+                await asyncio.to_thread(writer.flush)
     except BaseException:
         writer.abort()
         raise

@@ -8,6 +8,7 @@ numbers, no type coercion).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -17,7 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from schemas.errors import ErrorCode, LongdocError
-from service.store.storage import LocalBlobWriter, LocalStorage
+from service.store.storage import BlobStore, BlobWriter
 
 if TYPE_CHECKING:  # the library defines it for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -39,7 +40,7 @@ def _invalid(message: str) -> LongdocError:
 class UploadedFile:
     """A received file, still temporary: ``commit`` files it under its hash."""
 
-    writer: LocalBlobWriter
+    writer: BlobWriter
     size: int
     head: bytes
     filename: str | None
@@ -66,12 +67,12 @@ class _Part:
 
 
 class _Receiver:
-    def __init__(self, storage: LocalStorage, max_bytes: int) -> None:
+    def __init__(self, storage: BlobStore, max_bytes: int) -> None:
         self.storage, self.max_bytes = storage, max_bytes
         self.part = _Part()
         self.fields: dict[str, str] = {}
         self.file: UploadedFile | None = None
-        self._out: LocalBlobWriter | None = None
+        self._out: BlobWriter | None = None
         self._head = b""
         self._field_buf = b""
         self._field_bytes = 0
@@ -148,6 +149,12 @@ class _Receiver:
         self.file = UploadedFile(self._out, self._out.size, self._head, self.part.filename)
         self._out = None
 
+    async def flush(self) -> None:
+        """Sends a full part to the store (S3) off the event loop, between two chunks."""
+        out = self._out or (self.file.writer if self.file else None)
+        if out is not None and out.pending:
+            await asyncio.to_thread(out.flush)
+
     def cleanup(self) -> None:
         if self._out is not None:
             self._out.abort()
@@ -158,7 +165,7 @@ class _Receiver:
 
 
 async def receive_upload(
-    request: Request, storage: LocalStorage, max_bytes: int
+    request: Request, storage: BlobStore, max_bytes: int
 ) -> tuple[UploadedFile, dict[str, str]]:
     """The uploaded file (temporary until committed) and the text fields. Anything refused
     leaves no file behind."""
@@ -180,6 +187,7 @@ async def receive_upload(
     try:
         async for chunk in request.stream():
             parser.write(chunk)
+            await receiver.flush()
         parser.finalize()
         if receiver.file is None:
             raise LongdocError(ErrorCode.INVALID_REQUEST, "the multipart body has no 'file' field")

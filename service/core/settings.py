@@ -5,13 +5,59 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# RFC 3986 scheme followed by ':' - anything that starts like this is a URL, not a directory.
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# S3 bucket naming rules (AWS "Bucket naming rules"), which S3-compatible stores follow too.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # without leading or trailing "/"; "" for the bucket's root
+
+
+def parse_storage_url(url: str) -> Path | S3Location | None:
+    """A local directory, an S3 bucket and prefix, or None for the default (the data dir).
+
+    Anything that looks like a URL with another scheme is refused: a typo such as ``s3:/x``
+    used to create a local folder named ``s3:`` and store every file there.
+    """
+    if not url:
+        return None
+    scheme = _URL_SCHEME.match(url)
+    if scheme is None:
+        return Path(url)
+    name = scheme.group(1).lower()
+    if name == "file" and url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    if name == "s3" and url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if "@" in bucket:
+            raise ValueError("LONGDOC_STORAGE_URL: credentials do not go in the URL; set "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(f"LONGDOC_STORAGE_URL {url!r}: {bucket!r} is not an S3 bucket name "
+                             "(3-63 lowercase letters, digits, '.' and '-')")
+        if any(c in prefix for c in "?#") or "//" in prefix.strip("/"):
+            raise ValueError(f"LONGDOC_STORAGE_URL {url!r}: write the prefix as s3://bucket/a/b")
+        return S3Location(bucket, prefix.strip("/"))
+    raise ValueError(
+        f"LONGDOC_STORAGE_URL {url!r} is neither a directory nor a URL longdoc can store files at: "
+        "use a path, file:///absolute/path or s3://bucket/prefix "
+        "(with LONGDOC_S3_ENDPOINT_URL for an S3-compatible store)")
+
 
 MODEL_PRESETS = {
     # name: (base URL, model id as the endpoint spells it)
@@ -21,15 +67,25 @@ MODEL_PRESETS = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LONGDOC_", extra="ignore")
+    # A refused value is never echoed in the error: it may be a URL with a password in it.
+    model_config = SettingsConfigDict(env_prefix="LONGDOC_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     env: str = "development"
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path(".longdoc")
     database_url: str = ""
+    # Redis is the default broker and always the model rate limiter's shared store.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Celery broker: empty for Redis at redis_url, or amqp://user:pass@host:5672/vhost for
+    # RabbitMQ (quorum queues; an instance is its vhost).
+    broker_url: str = ""
+    # A directory (default: <data dir>/files), file:///path, or s3://bucket/prefix.
     storage_url: str = ""
+    # An S3-compatible store (MinIO, Ceph RGW, R2, ...); empty for AWS S3 itself. Credentials
+    # and region come from the usual AWS_* variables.
+    s3_endpoint_url: str = ""
 
     max_upload_bytes: int = 200 * 1024 * 1024
     max_json_bytes: int = 4 * 1024 * 1024  # JSON request bodies (a job's schema lives here)
@@ -95,7 +151,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 30.0  # SIGTERM: time to finish what is in flight, then hand back
     idempotency_ttl_s: float = 86400.0
 
-    # Prefix of every broker key: instances with different data dirs can share one Redis.
+    # Prefix of every broker key: instances with different data dirs can share one Redis. On
+    # RabbitMQ the vhost in LONGDOC_BROKER_URL separates instances instead.
     queue_prefix: str = ""
     task_max_attempts: int = 5
     visibility_timeout_s: int = 3600
@@ -111,6 +168,30 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        parse_storage_url(value)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        scheme = _URL_SCHEME.match(value)
+        if value and (scheme is None or scheme.group(1).lower() not in BROKER_SCHEMES
+                      or "://" not in value):
+            given = f"{scheme.group(1)}:" if scheme else "a URL without a scheme"
+            raise ValueError("LONGDOC_BROKER_URL must be a redis://, rediss://, amqp:// or "
+                             f"amqps:// URL, not {given}")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/?#]+/?$", value):
+            raise ValueError(f"LONGDOC_S3_ENDPOINT_URL must be http(s)://host[:port], not {value!r}")
         return value
 
     @field_validator("webhook_allowed_networks", "url_allowed_networks")
@@ -146,12 +227,18 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'longdoc.db').resolve()}"
 
     @property
-    def storage_root(self) -> Path:
-        if self.storage_url.startswith("file://"):
-            return Path(self.storage_url.removeprefix("file://"))
-        if self.storage_url:
-            return Path(self.storage_url)
-        return (self.data_dir / "files").resolve()
+    def storage_location(self) -> Path | S3Location:
+        """Where stored files live: a local directory or an S3 bucket and prefix."""
+        location = parse_storage_url(self.storage_url)
+        return (self.data_dir / "files").resolve() if location is None else location
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.resolved_broker_url.lower().startswith(("amqp://", "amqps://"))
 
     @property
     def resolved_queue_prefix(self) -> str:

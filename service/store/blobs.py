@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.core.logs import log
 from service.store.db import Database
 from service.store.models import Document, DocumentBlob
-from service.store.storage import LocalStorage
+from service.store.storage import BlobStore
 
 BATCH = 500
 
@@ -40,7 +40,7 @@ def _batches(keys: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def collect_unreferenced(db: Database, storage: LocalStorage, grace_s: float) -> int:
+def collect_unreferenced(db: Database, storage: BlobStore, grace_s: float) -> int:
     """Removes stored files no row refers to; short read transactions, one batch at a time."""
     removed = storage.delete_stale_temporary(grace_s)
     for batch in _batches(storage.keys_older_than(grace_s)):

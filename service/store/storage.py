@@ -1,8 +1,10 @@
-"""Content-addressed blob storage behind a small interface (local disk by default).
+"""Content-addressed blob storage behind one interface: a local directory (the default) or an
+S3 bucket (``service.store.s3``); ``open_storage(settings)`` picks one.
 
-A blob is written to a temporary file while it streams in, and filed under its SHA-256 only when
-its row is about to be committed (``commit``): a refused upload leaves nothing behind. Identical
-content is stored once. Files are private to the service's user (0600 in a 0700 tree).
+A blob is written to a temporary file (or multipart upload) while it streams in, and filed under
+its SHA-256 only when its row is about to be committed (``commit``): a refused upload leaves
+nothing behind. Identical content is stored once. Local files are private to the service's user
+(0600 in a 0700 tree).
 """
 
 from __future__ import annotations
@@ -18,14 +20,40 @@ from typing import BinaryIO, Protocol
 from service.core.settings import Settings
 
 KEY_LENGTH = 64  # hex SHA-256
+HEX = frozenset("0123456789abcdef")
+
+# What a parser opens: a path on this machine's disk, or a seekable file over the network.
+Source = str | BinaryIO
+
+
+class StorageUnavailable(Exception):
+    """The blob store did not answer or refused the service's credentials: a reason to retry
+    later (the API answers 503), never a verdict on the file."""
+
+
+def is_key(name: str) -> bool:
+    return len(name) == KEY_LENGTH and set(name) <= HEX
+
+
+def check_key(key: str) -> str:
+    if not is_key(key):
+        raise ValueError("not a blob key")
+    return key
 
 
 class BlobWriter(Protocol):
     size: int
 
+    @property
+    def pending(self) -> bool:
+        """A part is ready to send: async callers run ``flush`` in a thread then, so the event
+        loop never waits on the network."""
+        ...
+
     def write(self, chunk: bytes) -> None: ...
 
     def hexdigest(self) -> str: ...
+    def flush(self) -> None: ...
 
     def commit(self) -> str: ...
 
@@ -39,6 +67,8 @@ class BlobStore(Protocol):
 
     def open(self, key: str) -> BinaryIO: ...
 
+    def source(self, key: str) -> Source: ...
+
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
@@ -46,6 +76,10 @@ class BlobStore(Protocol):
     def delete_if_older(self, key: str, seconds: float) -> bool: ...
 
     def keys_older_than(self, seconds: float) -> Iterator[str]: ...
+
+    def delete_stale_temporary(self, seconds: float) -> int: ...
+
+    def check(self) -> None: ...
 
 
 class LocalBlobWriter:
@@ -59,6 +93,8 @@ class LocalBlobWriter:
         self.digest = hashlib.sha256()
         self.size = 0
 
+    pending = False  # every write goes straight to the file
+
     def write(self, chunk: bytes) -> None:
         assert self.file is not None
         self.digest.update(chunk)
@@ -68,6 +104,8 @@ class LocalBlobWriter:
     def hexdigest(self) -> str:
         """The SHA-256 of what was written so far (the key it will be filed under)."""
         return self.digest.hexdigest()
+    def flush(self) -> None:
+        pass
 
     def commit(self) -> str:
         assert self.file is not None
@@ -98,9 +136,15 @@ class LocalStorage:
         (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, key: str) -> Path:
-        if len(key) != KEY_LENGTH or not all(c in "0123456789abcdef" for c in key):
-            raise ValueError("not a blob key")
+        check_key(key)
         return self.root / key[:2] / key[2:4] / key
+
+    def source(self, key: str) -> Source:
+        return str(self.path(key))
+
+    def check(self) -> None:
+        if not os.access(self.root / "tmp", os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"{self.root} is not writable")
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
@@ -162,5 +206,12 @@ class LocalStorage:
         return removed
 
 
-def open_storage(settings: Settings) -> LocalStorage:
-    return LocalStorage(settings.storage_root)
+def open_storage(settings: Settings) -> BlobStore:
+    """The one storage object of a process; boto3 is imported only when files live in S3."""
+    location = settings.storage_location
+    if isinstance(location, Path):
+        return LocalStorage(location)
+    from service.store.s3 import S3Storage
+
+    return S3Storage(location, settings.s3_endpoint_url or None,
+                     max_connections=max(10, settings.model_concurrency))

@@ -15,12 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
 import redis
 from standardwebhooks import Webhook
+
+if TYPE_CHECKING:
+    from tests.support.rabbitmq import RabbitVhost
+    from tests.support.s3server import S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -85,12 +89,28 @@ class Stack:
     sandbox_args: list[str] = field(default_factory=list)
     # A Redis of its own (a broker the test may stop or flush without touching other stacks).
     private_redis: bool = False
+    # "rabbitmq": the machine's RabbitMQ is the broker, in a vhost of this stack's own.
+    broker: str = "redis"
+    # Files in a bucket of this stack's own on this S3 server instead of the data dir.
+    s3: S3Server | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
+    vhost: RabbitVhost | None = None
+    bucket: str = ""
 
     def start(self) -> Stack:
         self.data_dir = self.tmp / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pg = PostgresDatabase() if self.database == "postgresql" else None
+        backends: dict[str, str] = {}
+        if self.broker == "rabbitmq":
+            from tests.support.rabbitmq import RabbitVhost
+
+            self.vhost = RabbitVhost()
+            backends["LONGDOC_BROKER_URL"] = self.vhost.url
+        if self.s3 is not None:
+            self.bucket = f"ldtest-{secrets.token_hex(6)}"
+            self.s3.client().create_bucket(Bucket=self.bucket)
+            backends.update(self.s3.env(self.bucket))
         self.redis_port = free_port() if self.private_redis else 6379
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/{TEST_REDIS_DB}"
         self.queue_prefix = f"ldtest-{secrets.token_hex(6)}:"
@@ -115,6 +135,7 @@ class Stack:
             "LONGDOC_REDISPATCH_S": "5",
             "LONGDOC_MODEL_CONCURRENCY": str(self.model_concurrency),
             "LONGDOC_LOG_LEVEL": "WARNING",
+            **backends,
             **self.env_extra,
         }
         if self.private_redis:
@@ -204,6 +225,7 @@ class Stack:
 
     def broker_idle(self) -> bool:
         """No task waits in a queue and none is held by a worker (Redis broker keys)."""
+        assert self.vhost is None, "on RabbitMQ, count what the consumers saw instead"
         client = redis.Redis.from_url(self.redis_url)
         try:
             waiting = sum(client.llen(f"{self.queue_prefix}{q}") for q in ("cpu", "model"))
@@ -234,6 +256,9 @@ class Stack:
                 proc.wait(timeout=10)
         if self.pg:
             self.pg.drop()
+        if self.vhost is not None:
+            self.vhost.delete()  # its queues and exchanges with it
+            self.vhost = None
         self.clear_broker_keys()
 
     def clear_broker_keys(self) -> None:

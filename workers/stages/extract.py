@@ -36,14 +36,14 @@ from service.store.models import (
     new_id,
     utcnow,
 )
-from service.store.storage import LocalStorage
+from service.store.storage import BlobStore
 from workers.context import WorkerContext
 from workers.model_client import CallResult, ModelCallFailed, RequestTooLarge
 from workers.stages.common import fail_job, open_call, settle_call
 from workers.stages.finalize import PreparedResult, prepare_result, store_result
 
 
-def _data_url(storage: LocalStorage, key: str, media_type: str | None) -> str:
+def _data_url(storage: BlobStore, key: str, media_type: str | None) -> str:
     with storage.open(key) as fh:
         encoded = base64.b64encode(fh.read()).decode()
     return f"data:{media_type or 'image/jpeg'};base64,{encoded}"

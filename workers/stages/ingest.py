@@ -41,12 +41,14 @@ def parse_in_child(ctx: WorkerContext, doc: Document, password: str | None = Non
     """The document's pages artifact key, page index and the stored files it made,
     parsed in a child process with CPU-time and memory limits."""
     settings, storage = ctx.settings, ctx.storage
-    path = str(storage.path(doc.sha256))
+    # A local path, or a reader over ranged GETs (S3): opened here, so a store that does not
+    # answer fails this task, which retries, instead of calling the file unreadable.
+    source = storage.source(doc.sha256)
     options = PdfOptions(password=password, max_pages=settings.max_pages, render_all=render_all,
                          progress=progress)
 
     def work() -> dict[str, Any]:
-        pages = parse_document(path, doc.media_type, storage, options)
+        pages = parse_document(source, doc.media_type, storage, options)
         pages_key = save_pages(storage, pages)
         return {"pages_key": pages_key, "index": [page_info(p).as_row() for p in pages],
                 "blobs": sorted({pages_key, *(p.image for p in pages if p.image)})}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter
@@ -8,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service.api.deps import Services, ServicesDep
+from service.store.queue import check_broker
 
 router = APIRouter(tags=["health"])
 
@@ -20,6 +22,14 @@ def healthz() -> dict[str, str]:
 def _check_db(services: Services) -> None:
     with services.db.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+async def _check(probe: Callable[[], None]) -> str:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(probe), timeout=3)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"unavailable: {type(exc).__name__}"
 
 
 @router.get("/readyz")
@@ -39,6 +49,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
     finally:
         await client.aclose()
+    if services.settings.broker_is_amqp:  # otherwise Redis is the broker, checked above
+        checks["broker"] = await _check(lambda: check_broker(services.settings))
+    checks["storage"] = await _check(services.storage.check)
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     down = ", ".join(k for k, v in checks.items() if v != "ok")
