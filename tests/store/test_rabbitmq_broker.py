@@ -92,12 +92,14 @@ def test_a_killed_model_worker_task_comes_back_at_once(rabbit_stack: Stack, tena
         rabbit_stack.sandbox()  # instant answers again, and its counters start over
         rabbit_stack.start_worker("model", name="model-2")
         # Far inside Redis's visibility timeout (an hour here): RabbitMQ requeued the message
-        # the moment the dead worker's connection closed.
+        # the moment the dead worker's connection closed, and the chunk is taken up once the
+        # dead worker's lease lapses.
         job = wait_job(client, job_id, 45)
         assert job["status"] == "succeeded", job
         calls = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
-        assert len(calls) == 1, "the killed call was never recorded; its rerun once"
-        assert job["usage"]["prompt_tokens"] == calls[0]["prompt_tokens"]
-        assert job["usage"]["completion_tokens"] == calls[0]["completion_tokens"]
+        # The killed call is on the books as unknown (it may have been billed); the rerun once.
+        assert [c["status"] for c in calls] == ["unknown", "answered"]
+        assert job["usage"]["prompt_tokens"] == calls[1]["prompt_tokens"]
+        assert job["usage"]["completion_tokens"] == calls[1]["completion_tokens"]
         assert client.get(f"/v1/jobs/{job_id}/result").status_code == 200
     assert rabbit_stack.sandbox_stats()["requests"] == 1, "the task ran once more, no more"
