@@ -64,16 +64,24 @@ def lower_bound_calls(page_tokens: int, input_budget: int, answer_tokens: int, u
     return max(math.ceil(page_tokens / max(1, input_budget)), math.ceil(answer_tokens / max(1, usable)), 1)
 
 
+# References can make a small schema stand for a huge instance (a definition of ten properties
+# that each refer to the next, ten deep): sampling stops after this many values, an estimate
+# being all that is needed of it.
+MAX_SAMPLE_VALUES = 5000
+
+
 class _Sampler:
     """Builds a typical instance of a schema: every property once, arrays empty or sampled."""
 
     def __init__(self, root: dict[str, Any]) -> None:
         self.root = root
         self.growing: list[Any] = []  # item schemas of the arrays that grow
+        self.values = 0
 
     def sample(self, node: Any, depth: int = 0, in_item: bool = False) -> Any:
+        self.values += 1
         node = resolve_ref(node, self.root)
-        if not isinstance(node, dict) or depth > 12:
+        if not isinstance(node, dict) or depth > 12 or self.values > MAX_SAMPLE_VALUES:
             return None
         if "enum" in node:
             return node["enum"][0] if node["enum"] else None

@@ -93,3 +93,14 @@ def test_each_call_asks_for_the_answer_it_may_hold_with_room_to_spare() -> None:
     assert output_tokens_for_call(settings, NANO, {}, 20_000, 27_852) == 32_768
     assert output_tokens_for_call(settings, NANO, {}, 20_000, 10_000) == 15_000
     assert output_tokens_for_call(settings, NANO, {"max_output_tokens": 4000}, 20_000, 27_852) == 4000
+
+
+def test_a_schema_that_refers_to_itself_many_times_over_is_estimated_in_bounded_time() -> None:
+    """Unbounded, this would sample 10^11 values and run into the test timeout."""
+    defs: dict[str, Any] = {"d0": {"type": "string"}}
+    for level in range(1, 12):  # each level: ten properties of the level below: 10^11 values
+        defs[f"d{level}"] = {"type": "object", "properties": {
+            f"p{i}": {"$ref": f"#/$defs/d{level - 1}"} for i in range(10)}}
+    schema = {"type": "object", "properties": {"top": {"$ref": "#/$defs/d11"}}, "$defs": defs}
+    size = answer_size(check_schema(schema), True)
+    assert 0 < size.fixed < 5000 * 40 and not size.grows
