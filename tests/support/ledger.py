@@ -45,10 +45,14 @@ class Ledger:
     pdf: bytes
     rows: list[Row]
 
+    def oracle_lines(self) -> list[str]:
+        """The oracle's entries: one per row, matched by its number."""
+        return [json.dumps({"match": r.number, "path": "/rows/-", "value": r.value})
+                for r in self.rows]
+
     def oracle(self, path: Path) -> str:
-        """Writes the oracle file: one entry per row, matched by its number."""
-        path.write_text("".join(json.dumps({"match": r.number, "path": "/rows/-",
-                                            "value": r.value}) + "\n" for r in self.rows))
+        """Writes the oracle file."""
+        path.write_text("".join(line + "\n" for line in self.oracle_lines()))
         return str(path)
 
     def rows_on(self, pages: range | list[int]) -> list[Row]:
@@ -56,14 +60,16 @@ class Ledger:
         return [r for r in self.rows if r.page in wanted]
 
 
-def make_ledger(pages: int = 100, rows_per_page: int = 50, seed: int = 0) -> Ledger:
-    """``pages`` pages of ``rows_per_page`` uniquely numbered rows (``R-00001`` on)."""
+def make_ledger(pages: int = 100, rows_per_page: int = 50, seed: int = 0,
+                prefix: str = "R") -> Ledger:
+    """``pages`` pages of ``rows_per_page`` uniquely numbered rows (``R-00001`` on; another
+    ``prefix`` keeps the rows of several ledgers apart in one oracle)."""
     rng = random.Random(seed)
     rows: list[Row] = []
     for page in range(1, pages + 1):
         for _ in range(rows_per_page):
             n = len(rows) + 1
-            rows.append(Row(f"R-{n:05d}", f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            rows.append(Row(f"{prefix}-{n:05d}", f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
                             f"{rng.choice(GOODS)} lot {rng.randint(1, 999)}",
                             round(rng.uniform(1, 9999), 2), page))
     layout = [("text", [f"Ledger, page {p} of {pages}"]

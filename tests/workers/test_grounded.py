@@ -184,14 +184,18 @@ def test_a_job_that_may_not_fit_learns_from_its_first_call_before_it_fans_out(
     assert len(calls) <= job["plan"]["answer"]["lower_bound_calls"] + 1
 
 
-def test_a_small_schema_gets_sources_without_asking(client: httpx.Client,
-                                                    document: dict[str, Any]) -> None:
+@pytest.mark.parametrize("mode", ["json_schema", "tools"])
+def test_a_small_schema_gets_sources_without_asking_and_counts_stay_exact(
+        client: httpx.Client, document: dict[str, Any], mode: str) -> None:
     schema = {"type": "object", "properties": {"first": {"type": "string"}}}
     response = client.post("/v1/jobs", json={"document_ids": [document["id"]], "schema": schema,
-                                             "pages": {document["id"]: "3"}})
+                                             "pages": {document["id"]: "3"}, "mode": mode})
     job = wait_job(client, response.json()["id"], 60)
     assert job["status"] == "succeeded", job
     result = result_of(client, job)
     # The sandbox has no oracle entry for this field: a value without a source is named.
     assert result["sources"] == {}
     assert [w["type"] for w in result["warnings"]] == ["no_source"]
+    # The {data, sources} wrapper and the citation instructions are counted as sent.
+    (call,) = calls_of(client, job)
+    assert call["prompt_tokens"] == call["predicted_prompt_tokens"]
