@@ -236,6 +236,8 @@ def plan_rest(uow: UnitOfWork, job: Job, chunk: Chunk, rest: list[Part],
     _add_chunks(uow, job, chunk if rest else held[0], groups, overhead)
     log.info("job.chunk.replanned", job_id=job.id, chunk_id=chunk.id, chunks=len(groups),
              held=len(held), continued=bool(rest))
+
+
 def refresh_progress(session: Session, job: Job) -> int:
     """Updates the job's chunk counts; returns how many chunks are still to do."""
     counts: dict[str, int] = {status: n for status, n in session.execute(
