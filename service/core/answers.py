@@ -177,6 +177,8 @@ def scalar_leaves(value: Any) -> Iterator[Any]:
 # ------------------------------------------------------------------ where items are printed
 
 Location = tuple[int, int]  # (document position, page)
+FORWARD_WINDOW = 100_000  # characters after the previous item (~25 pages) searched first
+SEARCH_PASSES = 20  # searches of the whole text allowed per answer, in all
 
 
 @dataclass
@@ -188,6 +190,8 @@ class ChunkText:
     texts: list[str | None]
     joined: str = ""
     starts: list[int] = field(default_factory=list)
+    scanned: int = 0  # characters searched from the start so far
+    budget: int = 0
 
     def __post_init__(self) -> None:
         pieces, offset = [], 0
@@ -197,21 +201,31 @@ class ChunkText:
             pieces.append(piece)
             offset += len(piece) + 1
         self.joined = "\n".join(pieces)
+        self.budget = SEARCH_PASSES * len(self.joined)
 
     def part_at(self, offset: int) -> int:
         return bisect.bisect_right(self.starts, offset) - 1
 
     def locate(self, item: Any, cursor: int) -> int | None:
         """The offset where ``item`` is printed: its most telling leaf (one with digits, then the
-        longest) found from ``cursor`` on (items come in page order), else from the start."""
+        longest) found after ``cursor`` (items come in page order), else anywhere. The work is
+        bounded: a forward window, then whole-text searches while the budget lasts, so a model
+        that paraphrases thousands of items costs a few passes over the text, not thousands."""
         needles = {normalise(t) for t in (value_text(v) for v in scalar_leaves(item)) if t}
         ranked = sorted((n for n in needles if len(n) >= 2),
-                        key=lambda n: (not any(c.isdigit() for c in n), -len(n)))
-        for needle in ranked[:3]:
-            for start in (cursor, 0):
-                at = find_at_boundary(self.joined, needle, start)
-                if at >= 0:
-                    return at
+                        key=lambda n: (not any(c.isdigit() for c in n), -len(n)))[:3]
+        end = min(len(self.joined), cursor + FORWARD_WINDOW)
+        for needle in ranked:
+            at = find_at_boundary(self.joined, needle, cursor, end)
+            if at >= 0:
+                return at
+        if self.scanned > self.budget:
+            return None
+        for needle in ranked:
+            at = find_at_boundary(self.joined, needle, 0)
+            self.scanned += len(self.joined)
+            if at >= 0:
+                return at
         return None
 
 

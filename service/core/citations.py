@@ -141,19 +141,20 @@ def value_text(value: Any) -> str | None:
     return None
 
 
-def find_at_boundary(haystack: str, needle: str, start: int = 0) -> int:
-    """The first index >= start where ``needle`` occurs not inside a longer word or number
-    (``R-0001`` is not found in ``R-00010``); -1 when there is none."""
+def find_at_boundary(haystack: str, needle: str, start: int = 0, end: int | None = None) -> int:
+    """The first index in [start, end) where ``needle`` occurs not inside a longer word or
+    number (``R-0001`` is not found in ``R-00010``); -1 when there is none."""
     if not needle:
         return -1
-    at = haystack.find(needle, start)
+    end = len(haystack) if end is None else end
+    at = haystack.find(needle, start, end)
     while at >= 0:
         before = haystack[at - 1] if at > 0 else " "
         after = haystack[at + len(needle)] if at + len(needle) < len(haystack) else " "
         if not (needle[0].isalnum() and before.isalnum()) and \
                 not (needle[-1].isalnum() and after.isalnum()):
             return at
-        at = haystack.find(needle, at + 1)
+        at = haystack.find(needle, at + 1, end)
     return -1
 
 

@@ -171,15 +171,16 @@ class _Merger:
     def concatenate(self, groups: list[tuple[int, Any, str]], path: str) -> list[Any]:
         merged: list[_Item] = []
         by_page: dict[Location, list[int]] = {}
-        by_answer: dict[int, list[int]] = {}
+        exact: dict[tuple[int, str], list[int]] = {}  # (answer, canonical item) -> indices
         previous: int | None = None
         for k, items, old in groups:
             located = self.answers[k].located.get(old, [])
             taken: set[int] = set()
             for j, value in enumerate(items):
                 location = located[j] if j < len(located) else None
-                candidates = self._candidates(merged, by_page, by_answer, previous, k, location)
-                match = self._match(merged, candidates, taken, value, location)
+                key = _canonical(value)
+                match = self._match(merged, by_page, exact, taken, previous, k, value, key,
+                                    location)
                 if match is not None:
                     taken.add(match)
                     merged[match].value = _fill_missing(merged[match].value, value)
@@ -189,43 +190,36 @@ class _Merger:
                 self.moved[(k, f"{old}/{j}")] = f"{path}/{len(merged)}"
                 if location is not None:
                     by_page.setdefault(location, []).append(len(merged))
-                by_answer.setdefault(k, []).append(len(merged))
+                exact.setdefault((k, key), []).append(len(merged))
                 merged.append(_Item(value, k, location))
             if items:
                 previous = k
         return [item.value for item in merged]
 
-    def _candidates(self, merged: list[_Item], by_page: dict[Location, list[int]],
-                    by_answer: dict[int, list[int]], previous: int | None, k: int,
-                    location: Location | None) -> list[int]:
-        """Earlier items an item of answer ``k`` may repeat: those printed on its page (another
-        answer read that page too: a continuation re-reads the page it starts on, and the
-        items after the last settled one), and those on the last page of the answer before it
-        when the two pages follow each other (an item printed across the page break). An item
-        whose page is unknown is compared with the answer before it."""
+    def _match(self, merged: list[_Item], by_page: dict[Location, list[int]],
+               exact: dict[tuple[int, str], list[int]], taken: set[int], previous: int | None,
+               k: int, value: Any, key: str, location: Location | None) -> int | None:
+        """The earlier item (not matched yet by this answer) that ``value`` repeats: one printed
+        on the same page (another answer read that page too: a continuation re-reads the page it
+        starts on, and the items after the last settled one), or on the last page of the answer
+        before when the two pages follow each other (an item printed across the page break). An
+        item whose page is unknown repeats an equal item of the answer before it."""
         if previous is None:
-            return []
+            return None
         if location is None:
-            return by_answer.get(previous, [])
-        found = by_page.get(location, [])
+            return next((i for i in exact.get((previous, key), []) if i not in taken), None)
+        candidates = by_page.get(location, [])
         last = self.answers[previous].last
         if location == self.answers[k].first and last is not None \
                 and last[0] == location[0] and last[1] + 1 == location[1]:
-            found = found + [i for i in by_page.get(last, []) if merged[i].answer == previous]
-        return found
-
-    @staticmethod
-    def _match(merged: list[_Item], candidates: list[int], taken: set[int], value: Any,
-               location: Location | None) -> int | None:
-        """The first earlier item (not matched yet by this answer) that ``value`` repeats."""
+            candidates = candidates + [i for i in by_page.get(last, [])
+                                       if merged[i].answer == previous]
         for i in candidates:
             if i in taken:
                 continue
             earlier = merged[i]
-            if location is None or earlier.location is None:
-                if _canonical(earlier.value) == _canonical(value):
-                    return i
-                continue
+            if earlier.answer == k or earlier.location is None:
+                continue  # an answer's own items are never its duplicates
             ok, shared = _compatible(earlier.value, value)
             if ok and shared:
                 return i

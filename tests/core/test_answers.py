@@ -113,3 +113,12 @@ def test_with_citations_the_item_of_the_last_source_is_read_again() -> None:
 def test_covered_tokens_count_the_pages_before_the_resume_and_half_of_it() -> None:
     assert covered_tokens([100, 100, 100], 2) == 250
     assert covered_tokens([100], 0) == 50
+
+
+def test_locating_thousands_of_paraphrased_items_stays_within_a_few_passes() -> None:
+    """Unbounded, 3,000 unfound items over ~1.2 MB of text would scan gigabytes."""
+    pages = [f"Ledger page {p}\n" + "bolts nuts washers " * 600 for p in range(100)]
+    text = ChunkText([(1, p) for p in range(100)], pages)
+    items = {"rows": [{"n": f"paraphrased item {i}"} for i in range(3000)]}
+    assert locate_items(items, text) == {"/rows": [None] * 3000}
+    assert text.scanned <= 21 * len(text.joined)
