@@ -55,6 +55,7 @@ lint: setup
 bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
+	$(BIN)/python -m bench.answers
 
 bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput overhead

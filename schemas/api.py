@@ -100,6 +100,11 @@ class JobCreate(BaseModel):
         "fewest_calls: one call when everything fits. cheapest: the plan of lowest estimated "
         "cost, which on a model with price tiers (GPT-6 Luna: prompts over 272K tokens cost 2x) "
         "can be several calls under the tier's threshold"))
+    # Per document id, the pages to read: "1-5,9", "10-" (to the end). Others: every page.
+    pages: dict[DocumentId, str] | None = Field(default=None, max_length=100)
+    # Sources for every value (page and verbatim quote, verified). Not given: on when the schema
+    # has no array that grows with the document (they cost little then), off otherwise.
+    citations: bool | None = None
     dry_run: bool = False
 
 
@@ -133,10 +138,26 @@ class PlanChunk(BaseModel):
     prompt_tokens: int
 
 
+class PlanAnswer(BaseModel):
+    """How long the answers are expected to be, when the schema has arrays that grow with the
+    document. Before any answer the ratio is the schema's upper bound; once an answer is in,
+    it is what the job's answers showed (``ratio_learned``)."""
+
+    fixed_tokens: int
+    ratio: float = Field(description="answer tokens per page token")
+    ratio_learned: bool = False
+    estimated_tokens: int
+    usable_per_call: int = Field(description="the answer each call is planned to hold")
+    first_call_alone: bool = Field(description="the first call goes alone and its answer sets "
+                                   "how the rest is cut")
+    lower_bound_calls: int
+
+
 class Plan(BaseModel):
     calls: int
     budget_tokens: int
     chunks: list[PlanChunk]
+    answer: PlanAnswer | None = None
 
 
 class JobOut(BaseModel):
@@ -213,6 +234,11 @@ class CallOut(BaseModel):
     gateway_cost_usd: float | None = None
     latency_ms: int
     error: str | None = None
+    answer_used: bool | None = Field(default=None, description=(
+        "whether the answer went into the result: a whole answer, or the complete items of one "
+        "cut off at the output cap (null: no answer, or a merge call)"))
+    answer_items: int | None = Field(default=None, description=(
+        "array items the answer held whole (those of a cut answer are kept)"))
     at: datetime
 
 

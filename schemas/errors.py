@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     JOB_NOT_SUCCEEDED = "job_not_succeeded"
     BUDGET_EXCEEDED = "budget_exceeded"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    INVALID_PAGES = "invalid_pages"  # a job's page ranges (the message says which and why)
     NOT_READY = "not_ready"
     # Documents
     DOCUMENT_UNREADABLE = "document_unreadable"

@@ -2,6 +2,13 @@
 
 Pure functions over plain data: the API (planning ready documents at once) and the plan stage
 share them, so a dry run and the real run plan alike.
+
+Answers that grow with the document. The pages are cut by the input budget ("one call when it
+fits"); the schema gives an upper bound of the answer (``service.core.sizing``). When that bound
+says some call's answer may not fit the output cap, the job *learns first*: its first call goes
+alone, asking for the whole cap; if its answer is whole, the rest goes out as planned, and if it
+is cut, its complete items are kept and everything after them is re-planned with the density the
+answer showed, so that each later answer fits with a margin (``workers.stages.extract``).
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import ErrorCode, LongdocError
-from schemas.strict import check_schema
+from schemas.strict import InvalidSchema, check_schema
+from service.core.citations import cited_schema
+from service.core.pageranges import InvalidPages, parse_ranges, select_pages
 from service.core.pages import ExtractedPage, PageInfo, PageKind, PageStore, load_pages
 from service.core.planner import Part, call_budget, plan_chunks
 from service.core.planner import Plan as ChunkPlan
 from service.core.profiles import ModelProfile, RateTier, cheapest_budget
 from service.core.prompt import fixed_overhead
 from service.core.settings import Settings
+from service.core.sizing import AnswerSize, answer_size, lower_bound_calls, usable_output
 from service.core.tokens import count_text
 
 JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_per_call",
-               "max_output_tokens", "max_cost_usd", "plan")
+               "max_output_tokens", "max_cost_usd", "plan", "pages", "citations")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,57 @@ class DocumentPages:
     media_type: str
     page_index: list[Any]
     pages_key: str | None
+    id: str = ""
+
+
+def resolve_citations(schema: dict[str, Any], asked: bool | None) -> bool:
+    """Whether a job asks the model for sources. Asked for, they are always given (a schema the
+    wrapper cannot hold is refused, with the reason). Not said, they are on when they cost
+    little: when no array of the schema grows with the document, sources add a few hundred
+    answer tokens per call; when one does, they multiply a long answer (a source per value is
+    ~25 tokens against ~4 for the value), its calls and its cost, so they stay off."""
+    if asked is False:
+        return False
+    strict = check_schema(schema)
+    if asked is None and answer_size(strict, False).grows:
+        return False
+    try:
+        cited_schema(schema)
+    except InvalidSchema:
+        if asked:
+            raise
+        return False
+    return True
+
+
+def wire_schema(job: JobSpec) -> dict[str, Any]:
+    """The strict schema sent to the model: the user's, or ``{data, sources}`` with citations."""
+    if job.options.get("citations"):
+        return cited_schema(job.schema)
+    return check_schema(job.schema)
+
+
+def job_answer_size(job: JobSpec) -> AnswerSize:
+    """The schema's upper bound of the answers (sources included when asked for)."""
+    return answer_size(check_schema(job.schema), bool(job.options.get("citations")))
+
+
+def check_page_specs(pages: dict[str, str] | None, document_ids: Sequence[str]) -> None:
+    """The syntax of a job's page ranges, and that they name the job's documents."""
+    for doc_id, spec in (pages or {}).items():
+        if doc_id not in document_ids:
+            raise InvalidPages(f"pages names {doc_id[:40]}, which is not in document_ids")
+        parse_ranges(spec, f"pages[{doc_id}]")
+
+
+def selected_pages(options: dict[str, Any], documents: Sequence[DocumentPages]
+                   ) -> list[set[int] | None] | None:
+    """The pages each document is read at (None: all), checked against its page count."""
+    pages = options.get("pages")
+    if not pages:
+        return None
+    return [set(select_pages(pages[doc.id], len(doc.page_index), f"pages[{doc.id}]"))
+            if doc.id in pages else None for doc in documents]
 
 
 def account_limits(settings: Settings, profile: ModelProfile) -> RateTier:
@@ -63,14 +124,17 @@ def reserved_output(settings: Settings, profile: ModelProfile, options: dict[str
 
 
 def output_tokens_for_call(settings: Settings, profile: ModelProfile, options: dict[str, Any],
-                           prompt_tokens: int) -> int:
+                           prompt_tokens: int, answer_tokens: int = 0) -> int:
     """``max_tokens`` of one call. The plan reserves the model's whole output in the window, but
-    each call asks only for what its answer plausibly needs: a request is charged against the
-    tokens-per-minute budget for its ``max_tokens``. An answer cut off is split and retried."""
+    each call asks only for what its answer plausibly needs (its expected answer with half as
+    much again, at least a quarter of its prompt): a request is charged against the
+    tokens-per-minute budget for its ``max_tokens``. An answer cut off keeps its complete items
+    and the job continues after them."""
     wanted = _wanted_output(settings, options)
     if wanted:
         return min(wanted, profile.max_output_tokens)
-    return min(profile.max_output_tokens, max(2048, prompt_tokens // 4))
+    return min(profile.max_output_tokens,
+               max(2048, prompt_tokens // 4, -(-answer_tokens * 3 // 2)))
 
 
 class TextLoader:
@@ -108,10 +172,12 @@ def needs_page_renders(doc: DocumentPages) -> bool:
 def make_plan(job: JobSpec, documents: Sequence[DocumentPages], profile: ModelProfile,
               settings: Settings, store: PageStore) -> ChunkPlan:
     options = job.options
-    strict = check_schema(job.schema)
-    overhead = fixed_overhead(profile, job.instructions, strict, options.get("mode", "json_schema"))
+    cited = bool(options.get("citations"))
+    overhead = fixed_overhead(profile, job.instructions, wire_schema(job),
+                              options.get("mode", "json_schema"), cited)
+    reserved = reserved_output(settings, profile, options)
     budget = call_budget(
-        profile, overhead=overhead, reserved_output=reserved_output(settings, profile, options),
+        profile, overhead=overhead, reserved_output=reserved,
         safety_margin=settings.safety_margin_tokens, tpm_limit=account_limits(settings, profile).tpm,
         max_tokens_per_call=options.get("max_tokens_per_call"),
     )
@@ -119,8 +185,9 @@ def make_plan(job: JobSpec, documents: Sequence[DocumentPages], profile: ModelPr
     pages = [page_infos(doc, as_images) for doc in documents]
     loader = TextLoader(store, documents)
     detail = options.get("image_detail", "auto")
+    selected = selected_pages(options, documents)
     plan = plan_chunks(pages, profile, overhead=overhead, budget=budget, detail=detail,
-                       load_text=loader)
+                       load_text=loader, selected=selected)
     if options.get("plan") == "cheapest":
         cap = cheapest_budget(profile, budget=budget, overhead=overhead,
                               page_tokens=plan.total_tokens - overhead * len(plan.chunks),
@@ -129,10 +196,15 @@ def make_plan(job: JobSpec, documents: Sequence[DocumentPages], profile: ModelPr
         if cap < budget:
             # Kept only if it really is cheaper once cut into whole pages.
             cheaper = plan_chunks(pages, profile, overhead=overhead, budget=cap, detail=detail,
-                                  load_text=loader)
+                                  load_text=loader, selected=selected)
             if estimate_cost(job, cheaper, profile, settings) < estimate_cost(job, plan, profile,
                                                                                settings):
                 plan = cheaper
+    size = job_answer_size(job)
+    plan.answer, plan.usable_output = size, usable_output(reserved)
+    # Learn first when the schema's bound says some answer may not fit (module docstring).
+    plan.hold = size.grows and len(plan.chunks) > 1 and any(
+        size.tokens(c.prompt_tokens - overhead) > plan.usable_output for c in plan.chunks)
     return plan
 
 
@@ -142,9 +214,24 @@ def chunk_view(parts: Sequence[Part], prompt_tokens: int, document_ids: Sequence
             "pages": [parts[0].page, parts[-1].page], "prompt_tokens": prompt_tokens}
 
 
+def answer_view(plan: ChunkPlan) -> dict[str, Any] | None:
+    """How the plan expects the answers to grow (None when they do not)."""
+    size = plan.answer
+    if size is None or not size.grows:
+        return None
+    pages = sum(c.prompt_tokens - plan.overhead for c in plan.chunks)
+    estimate = size.fixed + round(size.ratio * pages)
+    return {"fixed_tokens": size.fixed, "ratio": round(size.ratio, 4), "ratio_learned": False,
+            "page_tokens": pages,
+            "estimated_tokens": estimate, "usable_per_call": plan.usable_output,
+            "first_call_alone": plan.hold,
+            "lower_bound_calls": lower_bound_calls(pages, plan.budget, estimate, plan.usable_output)}
+
+
 def plan_view(plan: ChunkPlan, document_ids: Sequence[str]) -> dict[str, Any]:
     chunks = [chunk_view(c.parts, c.prompt_tokens, document_ids) for c in plan.chunks]
-    return {"calls": len(plan.chunks), "budget_tokens": plan.budget, "chunks": chunks}
+    return {"calls": len(plan.chunks), "budget_tokens": plan.budget, "chunks": chunks,
+            "answer": answer_view(plan)}
 
 
 def expected_output_tokens(strict_schema: dict[str, Any], reserved: int) -> int:

@@ -1,26 +1,30 @@
 """Token budget and chunking: one call when everything fits, else the fewest balanced chunks.
 
-Pages are atomic (images are never split) except a text page larger than a whole call, which is
-cut at paragraph, then sentence, then word boundaries. Documents are laid end to end in job order
-and packed together when they fit.
+A call must hold its prompt (the budget) and its answer (the usable output, when the answer
+grows with the pages: ``service.core.sizing``). Pages are atomic (images are never split) except
+a text page larger than a whole call, which is cut at paragraph, then sentence, then word
+boundaries. Documents are laid end to end in job order and packed together when they fit; a
+job may name the pages it reads per document.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from schemas.errors import LongdocError
 from service.core.pages import PageInfo, PageKind
-from service.core.profiles import ModelProfile
+from service.core.profiles import ModelProfile, wire_image_bytes
 from service.core.prompt import page_header
+from service.core.sizing import AnswerSize
 from service.core.tokens import count_text, get_encoding
 
 MAX_IMAGES_PER_CALL = 500
-MAX_PAYLOAD_BYTES = 48 * 1024 * 1024  # the API's 50 MB, less room for JSON and text
+# The API's image payload limit, counted as sent (base64 data URLs: ``wire_image_bytes``).
+MAX_PAYLOAD_BYTES = 50_000_000
 
 
 class PlanningError(LongdocError):
@@ -66,6 +70,11 @@ class Plan:
     budget: int  # tokens available for pages in one call
     overhead: int
     chunks: list[PlannedChunk] = field(default_factory=list)
+    # How the answers are expected to grow, and what each may hold (None: not planned by them).
+    answer: AnswerSize | None = None
+    usable_output: int = 0
+    # The first call goes alone: its answer shows how long the others' will be (see jobs.py).
+    hold: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -116,11 +125,16 @@ def page_parts(
     detail: str,
     budget: int,
     load_text: Callable[[int, int], str],
+    selected: Sequence[Collection[int] | None] | None = None,
 ) -> list[Part]:
-    """Every page of every document as parts that each fit one call, in order."""
+    """Every page of every document (or the ``selected`` page numbers of each) as parts that
+    each fit one call, in order."""
     parts: list[Part] = []
     for d, pages in enumerate(documents, start=1):
+        chosen = selected[d - 1] if selected is not None else None
         for p, info in enumerate(pages, start=1):
+            if chosen is not None and p not in chosen:
+                continue
             if info.kind == PageKind.IMAGE:
                 tokens = header_tokens(d, p, None, True) + profile.image_tokens(
                     info.width, info.height, detail)
@@ -188,45 +202,72 @@ def split_text_page(d: int, p: int, text: str, budget: int) -> list[Part]:
     ]
 
 
-def _fill(parts: Sequence[Part], limit: int) -> list[list[Part]]:
+@dataclass(frozen=True)
+class Limits:
+    """What one call may carry: pages within the budget, and (when the answer grows with the
+    pages) an answer within the usable output."""
+
+    budget: int
+    answer: AnswerSize | None = None
+    usable: int = 0
+
+    def scaled(self, budget: int) -> Limits:
+        """Both limits shrunk alike, for balancing."""
+        if self.answer is None or not self.answer.grows:
+            return Limits(budget)
+        room = self.usable - self.answer.fixed
+        return Limits(budget, self.answer,
+                      self.answer.fixed + max(1, room * budget // max(1, self.budget)))
+
+    def fits(self, tokens: int) -> bool:
+        if tokens > self.budget:
+            return False
+        return self.answer is None or not self.answer.grows or \
+            self.answer.tokens(tokens) <= self.usable
+
+
+def _fill(parts: Sequence[Part], limits: Limits) -> list[list[Part]]:
     chunks: list[list[Part]] = []
     current: list[Part] = []
     tokens = images = payload = 0
     for part in parts:
         is_image = part.kind == "image"
-        if current and (tokens + part.tokens > limit
+        if current and (not limits.fits(tokens + part.tokens)
                         or images + is_image > MAX_IMAGES_PER_CALL
-                        or payload + part.image_bytes > MAX_PAYLOAD_BYTES):
+                        or payload + wire_image_bytes(part.image_bytes) > MAX_PAYLOAD_BYTES):
             chunks.append(current)
             current, tokens, images, payload = [], 0, 0, 0
         current.append(part)
         tokens += part.tokens
         images += is_image
-        payload += part.image_bytes
+        payload += wire_image_bytes(part.image_bytes) if is_image else 0
     if current:
         chunks.append(current)
     return chunks
 
 
-def balanced_chunks(parts: Sequence[Part], budget: int) -> list[list[Part]]:
-    """The fewest chunks within ``budget``, with the largest chunk as small as it can be.
+def balanced_chunks(parts: Sequence[Part], limits: Limits | int) -> list[list[Part]]:
+    """The fewest chunks within the limits, with the largest chunk as small as it can be.
 
-    A greedy fill at the full budget gives the fewest chunks but can leave a tiny last one;
-    the smallest limit that still needs no more chunks spreads the pages evenly.
+    A greedy fill at the full limits gives the fewest chunks but can leave a tiny last one;
+    the smallest limits (both shrunk alike) that still need no more chunks spread the pages
+    evenly.
     """
+    if isinstance(limits, int):
+        limits = Limits(limits)
     if not parts:
         return []
-    fewest = len(_fill(parts, budget))
+    fewest = len(_fill(parts, limits))
     if fewest == 1:
         return [list(parts)]
-    lo, hi = max(p.tokens for p in parts), budget
+    lo, hi = max(p.tokens for p in parts), limits.budget
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(_fill(parts, mid)) <= fewest:
+        if len(_fill(parts, limits.scaled(mid))) <= fewest:
             hi = mid
         else:
             lo = mid + 1
-    return _fill(parts, lo)
+    return _fill(parts, limits.scaled(lo))
 
 
 def plan_chunks(
@@ -237,12 +278,18 @@ def plan_chunks(
     budget: int,
     detail: str = "auto",
     load_text: Callable[[int, int], str],
+    selected: Sequence[Collection[int] | None] | None = None,
+    answer: AnswerSize | None = None,
+    usable_output: int = 0,
 ) -> Plan:
-    parts = page_parts(documents, profile, detail=detail, budget=budget, load_text=load_text)
-    plan = Plan(budget=budget, overhead=overhead)
+    """The fewest balanced chunks of the pages. With ``answer``, each chunk's expected answer
+    also fits ``usable_output``."""
+    parts = page_parts(documents, profile, detail=detail, budget=budget, load_text=load_text,
+                       selected=selected)
+    plan = Plan(budget=budget, overhead=overhead, answer=answer, usable_output=usable_output)
     if not parts:
-        raise PlanningError("document_empty", "the documents have no text and no images to read")
-    for chunk in balanced_chunks(parts, budget):
+        raise PlanningError("document_empty", "the pages to read have no text and no images")
+    for chunk in balanced_chunks(parts, Limits(budget, answer, usable_output)):
         plan.chunks.append(PlannedChunk(chunk, overhead + sum(p.tokens for p in chunk)))
     return plan
 
@@ -275,4 +322,23 @@ def split_in_two(parts: Sequence[Part], load_text: Callable[[int, int], str]) ->
         span = (start + piece.span[0], start + piece.span[1]) if piece.span else (start, end)
         tokens = _span_tokens(part.document, part.page, number, text, span)
         out.append([Part(part.document, part.page, tokens, "text", span, number)])
+    return out
+
+
+def replan(parts: Sequence[Part], limits: Limits, load_text: Callable[[int, int], str],
+           again: Sequence[Part] = ()) -> list[list[Part]]:
+    """Pages still to read, cut again by what the job's answers showed. ``again`` is a chunk
+    whose answer was cut before anything of it was settled: the same chunk sent again would be
+    cut at the same place, so it never comes back whole (it is halved instead)."""
+    groups = balanced_chunks(parts, limits)
+    if not again:
+        return groups
+    out: list[list[Part]] = []
+    for group in groups:
+        if list(group[:len(again)]) == list(again):
+            out.extend(split_in_two(again, load_text))
+            if group[len(again):]:
+                out.append(group[len(again):])
+        else:
+            out.append(group)
     return out

@@ -26,6 +26,12 @@ SYSTEM_PROMPT = (
     "a value the pages do not contain, and an empty list when nothing belongs in a list. The "
     "pages may be one part of a longer set of documents: report what this part contains."
 )
+CITATION_INSTRUCTIONS = (
+    "Put the extracted values in data. For every value in data that you take from the pages, "
+    "add one entry to sources: the JSON Pointer of the value in data (such as /items/0/amount), "
+    "the document and page numbers of the page header it appears under, and a short quote "
+    "copied verbatim from that page that shows the value."
+)
 TOOL_NAME = "record_extraction"
 SCHEMA_NAME = "extraction"
 FORMAT_OVERHEAD = 8  # wrapper tokens around the schema / function definition
@@ -40,10 +46,12 @@ def page_header(document: int, page: int, part: int | None = None, image: bool =
     return label + "\n"
 
 
-def system_text(instructions: str | None) -> str:
+def system_text(instructions: str | None, cited: bool = False) -> str:
+    """The system message: the same for every call of a job (a cacheable prefix)."""
+    text = f"{SYSTEM_PROMPT}\n\n{CITATION_INSTRUCTIONS}" if cited else SYSTEM_PROMPT
     if instructions:
-        return f"{SYSTEM_PROMPT}\n\nInstructions:\n{instructions.strip()}"
-    return SYSTEM_PROMPT
+        return f"{text}\n\nInstructions:\n{instructions.strip()}"
+    return text
 
 
 def format_fields(strict_schema: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -167,15 +175,17 @@ def count_request(body: dict[str, Any], profile: ModelProfile) -> int:
 
 
 def fixed_overhead(
-    profile: ModelProfile, instructions: str | None, strict_schema: dict[str, Any], mode: str
+    profile: ModelProfile, instructions: str | None, strict_schema: dict[str, Any], mode: str,
+    cited: bool = False,
 ) -> int:
     """Tokens of a request with an empty document message: what every call pays besides pages."""
-    return _fixed_overhead(profile, instructions, json.dumps(strict_schema), mode)
+    return _fixed_overhead(profile, instructions, json.dumps(strict_schema), mode, cited)
 
 
 @lru_cache(maxsize=1024)
-def _fixed_overhead(profile: ModelProfile, instructions: str | None, schema_json: str, mode: str) -> int:
-    body = {"messages": [{"role": "system", "content": system_text(instructions)},
+def _fixed_overhead(profile: ModelProfile, instructions: str | None, schema_json: str, mode: str,
+                    cited: bool) -> int:
+    body = {"messages": [{"role": "system", "content": system_text(instructions, cited)},
                          {"role": "user", "content": []}],
             **format_fields(json.loads(schema_json), mode)}
     return count_request(body, profile)

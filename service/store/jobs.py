@@ -9,12 +9,20 @@ from sqlalchemy.orm import Session
 
 from schemas.api import JobCreate
 from schemas.errors import ErrorCode, LongdocError
-from service.core.jobs import JOB_OPTIONS, DocumentPages, JobSpec, plan_view
+from service.core.jobs import (
+    JOB_OPTIONS,
+    DocumentPages,
+    JobSpec,
+    check_page_specs,
+    plan_view,
+    resolve_citations,
+)
 from service.core.planner import Plan
 from service.store.db import UnitOfWork
 from service.store.dispatch import dispatch
 from service.store.models import (
     Chunk,
+    ChunkStatus,
     Document,
     DocumentStatus,
     Job,
@@ -31,11 +39,15 @@ def job_spec(job: Job) -> JobSpec:
 
 def document_pages(doc: Document) -> DocumentPages:
     return DocumentPages(media_type=doc.media_type, page_index=doc.page_index or [],
-                         pages_key=doc.pages_key)
+                         pages_key=doc.pages_key, id=doc.id)
 
 
 def new_job(tenant_id: str, body: JobCreate, profile: str) -> Job:
+    """The job row. Its page ranges are checked for syntax (their pages once each document's
+    page count is known), and whether it asks for sources is settled here, once."""
+    check_page_specs(body.pages, body.document_ids)
     options = {k: getattr(body, k) for k in JOB_OPTIONS if getattr(body, k) is not None}
+    options["citations"] = resolve_citations(body.json_schema, body.citations)
     return Job(id=new_id("job"), tenant_id=tenant_id, status=JobStatus.QUEUED,
                schema=body.json_schema, instructions=body.instructions,
                webhook_url=body.webhook_url, options=options, profile=profile)
@@ -91,9 +103,12 @@ def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]
     job.plan = plan_view(plan, document_ids)
     job.chunks_total, job.chunks_done = len(plan.chunks), 0
     for i, chunk in enumerate(plan.chunks):
+        # A job that learns first holds all but its first chunk until that answer is in.
+        status = ChunkStatus.HELD if plan.hold and i > 0 else ChunkStatus.PENDING
         uow.session.add(Chunk(id=new_id("chk"), job_id=job.id, tenant_id=job.tenant_id,
                               ordinal=f"{i:05d}", parts=[p.as_json() for p in chunk.parts],
-                              predicted_tokens=chunk.prompt_tokens, created_at=now))
+                              predicted_tokens=chunk.prompt_tokens, created_at=now,
+                              status=status))
     uow.session.flush()
     dispatch(uow, window)
 

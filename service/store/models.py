@@ -33,7 +33,8 @@ class ChunkStatus(StrEnum):
     DISPATCHED = "dispatched"  # sent to the model queue, not yet claimed
     RUNNING = "running"  # claimed: a worker holds its lease
     DONE = "done"
-    SPLIT = "split"  # replaced by two smaller chunks
+    SPLIT = "split"  # replaced by other chunks (halves, or pages re-planned after an answer)
+    HELD = "held"  # waits for the job's first answer, which sets how long answers are
 
 
 class CallStatus(StrEnum):
@@ -231,6 +232,10 @@ class ModelCall(Base):
     gateway_cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Whether the answer went into the result (a cut one: its complete items), and how many
+    # array items it held whole: "no answer is thrown away" is visible per call.
+    answer_used: Mapped[bool | None] = mapped_column(Boolean)
+    answer_items: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -255,6 +260,8 @@ class Result(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     warnings: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # With citations: JSON Pointer into data -> [{document, page, quote, verified}]
+    sources: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -46,7 +46,8 @@ def job_out(job: Job, document_ids: list[str]) -> JobOut:
     plan = None
     if job.plan:
         plan = Plan(calls=job.plan["calls"], budget_tokens=job.plan["budget_tokens"],
-                    chunks=[PlanChunk(**c) for c in job.plan["chunks"]])
+                    chunks=[PlanChunk(**c) for c in job.plan["chunks"]],
+                    answer=job.plan.get("answer"))
     return JobOut(
         id=job.id, status=JobStatus(job.status), document_ids=document_ids, model=job.model,
         profile=job.profile,
@@ -68,8 +69,8 @@ def call_out(call: ModelCall) -> CallOut:
         predicted_prompt_tokens=call.predicted_prompt_tokens, prompt_tokens=call.prompt_tokens,
         cached_tokens=call.cached_tokens, completion_tokens=call.completion_tokens,
         reasoning_tokens=call.reasoning_tokens or 0, cost_usd=round(call.cost_usd, 8),
-        gateway_cost_usd=call.gateway_cost_usd,
-        latency_ms=call.latency_ms, at=call.created_at)
+        gateway_cost_usd=call.gateway_cost_usd, latency_ms=call.latency_ms,
+        answer_used=call.answer_used, answer_items=call.answer_items, at=call.created_at)
 
 
 def delivery_out(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:

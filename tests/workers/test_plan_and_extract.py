@@ -184,7 +184,7 @@ def test_merge_by_model_resolves_conflicts_with_one_more_call(small: Stack, key:
         assert warnings and warnings[0]["resolved_by"] == "model"
 
 
-def test_an_answer_cut_off_is_split_and_retried(small: Stack, key: str) -> None:
+def test_an_answer_cut_off_keeps_its_items_and_the_job_goes_on(small: Stack, key: str) -> None:
     small.sandbox(truncate_rate=0.4, seed=3)
     try:
         with small.client(key) as client:
@@ -194,6 +194,7 @@ def test_an_answer_cut_off_is_split_and_retried(small: Stack, key: str) -> None:
             assert job["status"] == "succeeded", job
             made = calls(client, job["id"])
             assert any(c["finish_reason"] == "length" for c in made)
+            assert all(c["answer_used"] for c in made)  # a cut answer is paid: it is kept
             assert job["progress"]["chunks_total"] > len([c for c in made if c["finish_reason"] == "length"])
             assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"] == job["plan"]["calls"]
     finally:

@@ -1,5 +1,7 @@
-"""Finalize: merge the chunks' answers in page order (``merge: "model"`` asks the model to pick
-between conflicting values), validate against the user's own schema, store, end the job."""
+"""Finalize: merge the chunks' answers in page order (an item two calls read is kept once;
+``merge: "model"`` asks the model to pick between conflicting values), verify every source's
+quote against the stored text of its page, validate against the user's own schema, store, end
+the job."""
 
 from __future__ import annotations
 
@@ -11,12 +13,24 @@ from sqlalchemy import select
 
 from schemas.errors import ErrorCode
 from schemas.strict import drop_optional_nulls, validation_errors
+from service.core.citations import PageTexts, ground
+from service.core.jobs import TextLoader
 from service.core.logs import log
-from service.core.merge import Conflict, MergeOutcome, apply_choices, merge_answers
+from service.core.merge import (
+    ChunkAnswer,
+    Conflict,
+    MergeOutcome,
+    apply_choices,
+    merge_answers,
+    supported_sources,
+)
+from service.core.pages import PageKind
+from service.core.planner import Part
+from service.core.profiles import request_options
 from service.core.prompt import count_request, format_fields
 from service.core.settings import Settings
 from service.store.db import UnitOfWork
-from service.store.jobs import lock_job
+from service.store.jobs import document_pages, job_documents, lock_job
 from service.store.leases import claim, holds, release
 from service.store.models import Chunk, ChunkStatus, Job, JobStatus, ModelCall, Result
 from workers.context import WorkerContext
@@ -46,7 +60,8 @@ def conflicts_request(ctx: WorkerContext, job: Job, conflicts: list[Conflict]) -
                                           if job.instructions else "")},
             {"role": "user", "content": listing}],
         **format_fields(RESOLVE_SCHEMA, "json_schema"),
-        "max_completion_tokens": min(4096, ctx.profile.max_output_tokens), "temperature": 0,
+        "max_completion_tokens": min(4096, ctx.profile.max_output_tokens),
+        **request_options(ctx.profile, "json_schema"),
     }
 
 
@@ -71,7 +86,11 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         chunks = uow.session.scalars(
             select(Chunk).where(Chunk.job_id == job_id, Chunk.status == ChunkStatus.DONE)
             .order_by(Chunk.ordinal)).all()
-        answers = [c.result["answer"] for c in chunks if c.result]
+        answered = [(c, c.result) for c in chunks if c.result]
+        read = [[Part.from_json(p) for p in c.parts] for c, _ in answered]
+        answers = [chunk_answer(parts, stored) for parts, (_, stored) in zip(read, answered,
+                                                                             strict=True)]
+        docs = job_documents(uow.session, job_id)
         outcome = merge_answers(answers, job.schema)
         body: dict[str, Any] | None = None
         call_id: int | None = None
@@ -90,7 +109,9 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         except (ModelCallFailed, ValueError) as exc:
             error = str(exc)
             log.warning("job.merge.model_failed", job_id=job_id, error=type(exc).__name__)
-    prepared = prepare_result(job.schema, outcome, resolved)
+    loader = TextLoader(ctx.storage, [document_pages(d) for d in docs])
+    prepared = prepare_result(job, outcome, resolved, job_page_texts(loader, read),
+                              [d.id for d in docs])
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
         if call_id is not None:
@@ -104,6 +125,29 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
             store_result(uow, job, prepared, settings)
 
 
+def chunk_answer(parts: list[Part], stored: dict[str, Any]) -> ChunkAnswer:
+    """A stored chunk answer as the merge reads it (rows stored before sources had only
+    ``answer``)."""
+    keys = [(p.document, p.page) for p in parts]
+    located = {pointer: [(loc[0], loc[1]) if loc else None for loc in locs]
+               for pointer, locs in (stored.get("located") or {}).items()}
+    return ChunkAnswer(stored.get("answer"), stored.get("sources"), located, frozenset(keys),
+                       keys[0] if keys else None, keys[-1] if keys else None)
+
+
+def job_page_texts(loader: TextLoader, read: list[list[Part]]) -> PageTexts:
+    """The text of every page the job read, for checking quotes: pages read as images have
+    none (their sources are neither verified nor refuted), pages not read refute any quote."""
+    kinds = {(p.document, p.page): p.kind for parts in read for p in parts}
+
+    def load(document: int, page: int) -> str | None:
+        if kinds.get((document, page)) == PageKind.IMAGE:
+            return None
+        return loader.pages(document)[page - 1].text
+
+    return PageTexts(load, lambda document, page: (document, page) in kinds)
+
+
 @dataclass
 class PreparedResult:
     """The merged answer, checked against the user's schema: computed before the write
@@ -112,10 +156,14 @@ class PreparedResult:
     data: Any
     warnings: list[dict[str, Any]]
     errors: list[str]
+    sources: dict[str, list[dict[str, Any]]] | None = None
 
 
-def prepare_result(schema: dict[str, Any], outcome: MergeOutcome,
-                   resolved: dict[str, Any]) -> PreparedResult:
+def prepare_result(job: Job, outcome: MergeOutcome | list[ChunkAnswer], resolved: dict[str, Any],
+                   pages: PageTexts, document_ids: list[str]) -> PreparedResult:
+    if not isinstance(outcome, MergeOutcome):
+        outcome = merge_answers(outcome, job.schema)
+    schema = job.schema
     data = drop_optional_nulls(apply_choices(outcome.data, resolved), schema)
     warnings = []
     for conflict in outcome.conflicts:
@@ -123,7 +171,14 @@ def prepare_result(schema: dict[str, Any], outcome: MergeOutcome,
         if conflict.path in resolved:
             entry["chosen"], entry["resolved_by"] = resolved[conflict.path], "model"
         warnings.append(entry)
-    return PreparedResult(data, warnings, validation_errors(data, schema))
+    warnings.extend(d.as_json() for d in outcome.duplicates)
+    sources = None
+    if (job.options or {}).get("citations"):
+        grounding = ground(data, supported_sources(data, outcome.sources or {}), pages,
+                           document_ids)
+        sources = grounding.sources
+        warnings.extend(grounding.warnings)
+    return PreparedResult(data, warnings, validation_errors(data, schema), sources)
 
 
 def store_result(uow: UnitOfWork, job: Job, result: PreparedResult, settings: Settings) -> None:
@@ -133,8 +188,9 @@ def store_result(uow: UnitOfWork, job: Job, result: PreparedResult, settings: Se
         fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID,
                  "the answer does not match the schema: " + "; ".join(result.errors))
         return
-    uow.session.add(Result(job_id=job.id, data=result.data, warnings=result.warnings))
+    uow.session.add(Result(job_id=job.id, data=result.data, warnings=result.warnings,
+                           sources=result.sources))
     finish_job(uow, job, JobStatus.SUCCEEDED,
-               result={"data": result.data, "warnings": result.warnings},
+               result={"data": result.data, "warnings": result.warnings, "sources": result.sources},
                max_result_bytes=settings.webhook_max_result_bytes)
     log.info("job.succeeded", job_id=job.id, cost_usd=job.cost_usd)

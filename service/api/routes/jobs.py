@@ -29,7 +29,7 @@ from service.api.idempotency import Once, key_of, remember, replay, request_hash
 from service.api.routes.common import after_cursor, error_responses
 from service.api.routes.events import wait_for_change
 from service.api.uploads import parse_json, read_json_bytes
-from service.core.jobs import check_cost, make_plan, plan_view
+from service.core.jobs import check_cost, make_plan, plan_view, selected_pages
 from service.core.outbound import check_target
 from service.store.db import Database
 from service.store.events import last_event_id
@@ -61,7 +61,8 @@ from service.store.views import call_out, delivery_out, job_out, job_usage
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
     _401="unauthorized", _404="not_found",
     _409="job_not_succeeded, document_not_ready, document_failed",
-    _422="invalid_request, invalid_schema, webhook_url_not_allowed, budget_exceeded, ..."))
+    _422="invalid_request, invalid_schema, invalid_pages, webhook_url_not_allowed, "
+         "budget_exceeded, ..."))
 
 
 def _owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
@@ -111,6 +112,8 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session, services: Ser
         raise LongdocError(ErrorCode.DOCUMENT_NOT_READY,
                            "a document is still processing; try the dry run when it is ready",
                            {"Retry-After": "2"})
+    if ready:
+        selected_pages(job.options, [document_pages(d) for d in docs])  # 422 now, not a failed job
     plan = None
     # Ready documents are planned here (pages already counted, no parsing): the job starts at
     # once. Renders for pages_as_images and documents still processing go to the plan task.
@@ -204,7 +207,7 @@ def get_result(job_id: str, tenant: CurrentTenant, session: SessionDep) -> Resul
     if result is None:
         raise LongdocError(ErrorCode.JOB_NOT_SUCCEEDED, "the result is not stored yet")
     return ResultOut(job_id=job.id, model=job.model, data=result.data, warnings=result.warnings,
-                     usage=job_usage(job), cost_usd=round(job.cost_usd, 8))
+                     sources=result.sources, usage=job_usage(job), cost_usd=round(job.cost_usd, 8))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
