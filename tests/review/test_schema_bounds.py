@@ -75,9 +75,10 @@ def nested(depth: int) -> dict[str, Any]:
 def test_validating_an_answer_is_bounded_whatever_the_oneof_nesting() -> None:
     """FINDING: answer validation (``drop_optional_nulls`` + jsonschema's ``oneOf``) is
     exponential in nesting: every ``oneOf`` branch is evaluated in full at every level. A
-    300-byte schema with 4 branches and an 8-level answer (what the sandbox itself writes for
-    it) takes ~2 minutes; 6 branches about an hour. This runs in the model worker (finalize and
-    single-chunk extract), holding its GIL, with its lease renewed all along."""
+    300-byte schema with 4 branches and an 8-level answer takes ~2 minutes (measured: 11 s
+    validation + 111 s ``drop_optional_nulls``); the time grows as branches^depth. This runs
+    in the model worker (finalize and single-chunk extract), holding its GIL, with its lease
+    renewed all along."""
     schema = one_of_tree(4)
     check_schema(schema)  # accepted at job creation
     finished, seconds, _ = run_bounded(f"""
