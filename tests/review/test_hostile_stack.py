@@ -390,3 +390,26 @@ def test_concurrent_uploads_and_jobs_never_5xx_on_sqlite(review: Stack, keys, re
     with review.client(keys["b"]["api_key"]) as client:
         ended = [wait_job(client, j, 120)["status"] for j in jobs]
     assert ended == ["succeeded"] * len(jobs)
+
+
+# ---------------------------------------------------------------- ids and cursors
+
+
+@pytest.mark.parametrize("resume", [{"params": {"after": str(2**63)}},
+                                    {"headers": {"Last-Event-ID": str(2**64)}}])
+def test_an_event_cursor_beyond_64_bits_is_4xx_or_an_empty_stream(review: Stack, keys, ready_doc,
+                                                                  resume: dict[str, Any]) -> None:
+    """FINDING (low): ``after`` (``ge=0``, no upper bound) and ``Last-Event-ID`` (any digits)
+    reach SQLite as an int it cannot bind (``OverflowError``) inside the streaming body: the
+    200 is already sent, the stream breaks, and an EventSource client reconnects every second
+    with the same id, forever. Expected: 422 invalid_request, or a stream with no events."""
+    with review.client(keys["a"]["api_key"]) as client:
+        job_id = post_job(client, ready_doc).json()["id"]
+        wait_job(client, job_id)
+        try:
+            with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=30, **resume) as response:
+                status = response.status_code
+                text = "".join(response.iter_text())
+        except httpx.HTTPError as exc:
+            pytest.fail(f"the event stream broke: {type(exc).__name__}: {exc}")
+        assert status == 422 or (status == 200 and "event:" not in text), (status, text[:200])

@@ -60,11 +60,13 @@ def test_a_nul_in_a_filename_is_4xx_or_accepted_on_postgresql(pg: Stack, pg_key:
         assert response.status_code in (201, 400, 422), (response.status_code, response.text[:200])
 
 
-def test_a_nul_in_a_page_route_id_is_404_on_postgresql(pg: Stack, pg_key: str) -> None:
-    """FINDING (low): ``GET /v1/documents/{id}/pages/{n}`` looks the id up without the shape
-    check every other route makes (``is_id``): on PostgreSQL a NUL in it is a 500."""
+@pytest.mark.parametrize("path", ["/v1/documents/doc_%00/pages/1", "/v1/jobs/job_%00/events"])
+def test_a_nul_in_an_id_is_404_on_postgresql(pg: Stack, pg_key: str, path: str) -> None:
+    """FINDING (low): ``GET /v1/documents/{id}/pages/{n}`` and ``GET /v1/jobs/{id}/events`` look
+    the id up without the shape check the other routes make (``is_id``): on PostgreSQL a NUL
+    in it is a 500."""
     with pg.client(pg_key) as client:
-        response = client.get("/v1/documents/doc_%00/pages/1")
+        response = client.get(path)
         assert response.status_code == 404, (response.status_code, response.text[:200])
         error_of(response)
 
