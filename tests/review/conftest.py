@@ -19,6 +19,7 @@ from tests.support.stack import Stack, start_stack
 
 # A small cap, so a test can put a result exactly at it with one short line of text.
 RESULT_CAP = 400
+UPLOAD_CAP = 1024 * 1024
 
 
 def png(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -30,7 +31,9 @@ def png(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
 @pytest.fixture(scope="package")
 def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("review"),
-                    env_extra={"LONGDOC_WEBHOOK_MAX_RESULT_BYTES": str(RESULT_CAP)})
+                    env_extra={"LONGDOC_WEBHOOK_MAX_RESULT_BYTES": str(RESULT_CAP),
+                               "LONGDOC_MAX_UPLOAD_BYTES": str(UPLOAD_CAP),
+                               "LONGDOC_URL_FETCH_TIMEOUT_S": "5"})
     yield s
     s.stop()
 
