@@ -160,3 +160,20 @@ def test_kill_9_of_the_model_worker_during_the_merge_call_of_finalize(faults: St
             assert db_rows(faults, "SELECT count(*) FROM results WHERE job_id = ?", (job_id,))[0][0] == 1
     finally:
         faults.sandbox()
+
+
+def test_kill_9_of_beat_then_lost_messages_recover_once_it_is_back(faults: Stack) -> None:
+    """Held: with beat killed (kill -9, its schedule file as it was) nothing re-sends lost
+    messages; restarted on the same schedule file, it sweeps and every job finishes."""
+    import sys
+
+    faults.kill("beat")
+    with faults.client(faults.create_key("beat")["api_key"]) as client:
+        docs = [upload(client, f"b{i}.png", data=png(60 + i)).json()["id"] for i in range(3)]
+        jobs = [client.post("/v1/jobs", json={"document_ids": [d], "schema": SCHEMA}).json()["id"]
+                for d in docs]
+        redis.Redis(port=faults.redis_port, db=TEST_REDIS_DB).flushall()
+        faults._spawn("beat", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+                               "--loglevel", "WARNING", "-s", str(faults.data_dir / "beat-schedule")])
+        ended = [wait_job(client, j, 120) for j in jobs]
+        assert [j["status"] for j in ended] == ["succeeded"] * len(jobs), ended
