@@ -87,3 +87,35 @@ def test_a_normalised_url_fits_the_column_it_is_stored_in() -> None:
                                             WebhookDelivery.__table__.c.url))
     assert len(normalised) <= limit, f"{len(url)} characters sent, {len(normalised)} stored"
 
+
+
+def test_every_job_finishes_when_the_database_drops_every_connection(pg: Stack, pg_key: str) -> None:
+    """Held: ``pg_terminate_backend`` on every connection of this stack's database (only
+    ours: the server is shared), twice while jobs are running; stages that lose their
+    connection raise, are held back and sent again; every job ends once, books balanced."""
+    import psycopg
+
+    from tests.support.stack import PG_ADMIN, wait_job, wait_until
+
+    pg.sandbox(ttft_s=1.0)
+    try:
+        with pg.client(pg_key) as client:
+            docs = [upload(client, f"t{i}.png", data=png(70 + i)).json()["id"] for i in range(6)]
+            jobs = [client.post("/v1/jobs", json={"document_ids": [d], "schema": SCHEMA}).json()["id"]
+                    for d in docs]
+            assert pg.pg is not None
+            for _ in range(2):
+                wait_until(lambda: pg.sandbox_stats()["in_flight"] >= 1, 60, "calls in flight")
+                with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = %s AND pid <> pg_backend_pid()", (pg.pg.name,))
+            ended = [wait_job(client, j, 120) for j in jobs]
+            assert [j["status"] for j in ended] == ["succeeded"] * len(jobs), [
+                (j["status"], j.get("error")) for j in ended]
+            for job in ended:
+                calls = client.get(f"/v1/jobs/{job['id']}/calls").json()["calls"]
+                answered = [c for c in calls if c["status"] == "answered"]
+                assert job["usage"]["prompt_tokens"] == sum(c["prompt_tokens"] for c in answered)
+                assert all(c["status"] != "sent" for c in calls), [c["status"] for c in calls]
+    finally:
+        pg.sandbox()
