@@ -39,8 +39,10 @@ def post_job(client: httpx.Client, doc_id: str, schema: Any = None, **extra: Any
 def test_a_ref_chain_schema_does_not_stall_the_api(review: Stack, keys, ready_doc) -> None:
     """FINDING (severe): a 105 KB schema whose $defs are a 3,000-link chain of refs keeps the API
     busy in ``check_schema`` for ~15 s (quadratic; the 4 MiB cap allows hours) and another
-    tenant's reads slow down meanwhile (one uvicorn process, the GIL). Expected: an answer
-    (202 or 422) in well under a second and the other tenant unaffected."""
+    tenant's reads share that one uvicorn process (measured: they stayed under 0.15 s with
+    one such request; each request holds one of the 40 threads sync routes run in). The job
+    is accepted, and then its answer validation hits RecursionError (5 billed attempts,
+    internal_error; see test_schema_bounds). Expected: a verdict in well under a second."""
     body = {"document_ids": [ready_doc], "schema": ref_chain(3000)}
     hostile: dict[str, Any] = {}
 
@@ -78,16 +80,14 @@ def test_a_schema_the_validator_reads_differently_is_refused_at_creation(review:
     schema = {"type": "object", "required": ["title"],
               "properties": {"title": {"$ref": "#/$defs/x%25y"}},
               "$defs": {"x%25y": {"type": "string"}}}
-    before = review.sandbox_stats()["completed"]
     with review.client(keys["a"]["api_key"]) as client:
         created = post_job(client, ready_doc, schema)
         if created.status_code == 422:
             return
         job = wait_job(client, created.json()["id"], 120)
         calls = client.get(f"/v1/jobs/{job['id']}/calls").json()["calls"]
-    answered = review.sandbox_stats()["completed"] - before
     pytest.fail(f"accepted ({created.status_code}); then {job['status']} {job.get('error')}, "
-                f"{answered} answers served and billed, calls booked as "
+                f"{len(calls)} model calls made (each answered by the sandbox), booked as "
                 f"{[c['status'] for c in calls]}, cost_is_estimate={job['cost_is_estimate']}")
 
 
@@ -321,9 +321,10 @@ def test_concurrent_requests_with_one_key_make_one_job(review: Stack, keys, read
     theirs = [r for r in results if r not in mine]
     accepted = {r.json()["id"] for r in mine if r.status_code == 202}
     reused = [r for r in mine if r.status_code == 422]
+    # Whichever body commits first wins; the other body's requests are "reused".
     assert len(accepted) == 1, accepted
-    assert [error_of(r)["code"] for r in reused] in ([], ["idempotency_key_reused"])
-    assert len(mine) - len(reused) >= 8
+    assert {error_of(r)["code"] for r in reused} <= {"idempotency_key_reused"}
+    assert len(mine) == 9 and len(reused) in (1, 8), [r.status_code for r in mine]
     assert theirs[0].status_code == 202 and theirs[0].json()["id"] not in accepted
     created = db_rows(review, "SELECT count(*) FROM idempotency_keys WHERE key = 'same-key'")[0][0]
     assert created == 2, "one key per tenant"
