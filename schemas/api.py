@@ -87,7 +87,8 @@ class JobCreate(BaseModel):
 
     document_ids: list[DocumentId] = Field(min_length=1, max_length=100)
     json_schema: dict[str, Any] = Field(alias="schema")
-    instructions: str | None = Field(default=None, max_length=100_000)
+    # No NUL: it is not text (PostgreSQL refuses it in a text column).
+    instructions: str | None = Field(default=None, max_length=100_000, pattern=r"^[^\x00]*$")
     webhook_url: str | None = Field(default=None, max_length=2000)
     mode: Literal["json_schema", "tools"] = "json_schema"
     merge: Literal["auto", "model"] = "auto"

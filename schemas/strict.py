@@ -16,6 +16,8 @@ Keys are generated in schema order, so the user's property order is kept.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import hashlib
 import json
@@ -24,6 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
 import re2
@@ -42,8 +45,13 @@ LARGE_ENUM = 250
 LARGE_ENUM_CHARS = 15_000
 # Our own bounds, checked before anything recursive runs: far above any real schema.
 MAX_JSON_DEPTH = 64
-MAX_NODES = 200_000
+MAX_NODES = 30_000  # values in all; a 5,000-property schema needs about 15,000
 MAX_PATTERN_CHARS = 1000
+MAX_PATTERNS_CHARS = 20_000  # of all patterns together (each compiles to an RE2 program)
+MAX_REF_CHAIN = 32  # $refs followed one after the other before a schema is reached
+# Keyword applications one answer's validation may cost (5-8 µs each, so about 2 s at worst):
+# 3x what a 5,000-row ledger needs (80,000), far below the branches^depth an adversarial anyOf nesting costs.
+VALIDATION_BUDGET = 250_000
 
 SUPPORTED_FORMATS = ("date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6",
                      "uuid")
@@ -81,6 +89,7 @@ REFUSED = {
 }
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
+_RE2_OPTIONS.max_mem = 2 << 20  # a larger program is refused, not built (RE2's default: 8 MiB)
 
 
 class InvalidSchema(LongdocError):
@@ -171,8 +180,10 @@ def _walk(schema: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:
 
 
 def _prepass(schema: dict[str, Any]) -> None:
-    """Size and shape limits checked iteratively, before anything recursive runs."""
-    nodes = 0
+    """Size and shape limits checked iteratively, before anything recursive or costly runs:
+    values, depth, finite numbers, local references only, nested ``$id``s, patterns (each and
+    all together), and an early count of OpenAI's property and name limits."""
+    nodes = properties = names = pattern_chars = 0
     for path, node in _walk(schema):
         nodes += 1
         if nodes > MAX_NODES:
@@ -184,13 +195,29 @@ def _prepass(schema: dict[str, Any]) -> None:
             raise InvalidSchema(f"{_pointer(path)}: numbers must be finite")
         if not isinstance(node, dict):
             continue
-        if "$ref" in node:
-            ref = node["$ref"]
-            if not isinstance(ref, str) or not ref.startswith("#"):
-                raise InvalidSchema(f"{_pointer(path)}: only local references ('#...') are "
-                                    "allowed; a schema never makes longdoc fetch anything")
-        if "pattern" in node and isinstance(node["pattern"], str):
-            _compile_pattern(node["pattern"], _pointer(path))
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise InvalidSchema(f"{_pointer(path)}: only local references ('#...') are "
+                                "allowed; a schema never makes longdoc fetch anything")
+        if isinstance(node.get("$id"), str) and path:
+            raise InvalidSchema(f"{_pointer(path)}: '$id' is only allowed at the root (it would "
+                                "change what the references below it name)")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            pattern_chars += len(pattern)
+            if pattern_chars > MAX_PATTERNS_CHARS:
+                raise InvalidSchema(f"{_pointer(path)}: more than {MAX_PATTERNS_CHARS} characters "
+                                    "of patterns in all")
+            _compile_pattern(pattern, _pointer(path))
+        for key in ("properties", "$defs", "definitions"):
+            if isinstance(node.get(key), dict):
+                names += sum(len(str(k)) for k in node[key])
+                properties += len(node[key]) if key == "properties" else 0
+        if properties > MAX_PROPERTIES:
+            raise InvalidSchema(f"{_pointer(path)}: more than {MAX_PROPERTIES} properties in all")
+        if names > MAX_STRING_TOTAL:
+            raise InvalidSchema(f"{_pointer(path)}: more than {MAX_STRING_TOTAL} characters of "
+                                "property names, definition names, enum and const values in all")
 
 
 def _compile_pattern(pattern: str, where: str) -> Any:
@@ -207,14 +234,15 @@ def _compile_pattern(pattern: str, where: str) -> Any:
 
 
 def _target(root: dict[str, Any], ref: str) -> Any:
-    """The schema a local reference names, or raises InvalidSchema."""
+    """The schema a local reference names, or raises InvalidSchema. The fragment is read as the
+    validator reads it: percent-decoded first, then ``~1`` and ``~0`` (RFC 6901 §6)."""
     node: Any = root
     if ref in ("#", "#/"):
         return node
     if not ref.startswith("#/"):
         raise InvalidSchema(f"$ref '{ref[:100]}': only JSON Pointers into this schema are allowed")
     for raw in ref[2:].split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -225,17 +253,28 @@ def _target(root: dict[str, Any], ref: str) -> Any:
 
 
 def _check_refs(root: dict[str, Any]) -> None:
-    """Every reference resolves, and no chain of references leads back to itself."""
+    """Every reference names a schema, no chain of references leads back to itself, and none
+    is longer than ``MAX_REF_CHAIN``. Each reference is followed once (linear in the schema)."""
+    settled: set[int] = set()  # references already known to end at a schema
     for path, node in _walk(root):
-        if not isinstance(node, dict) or "$ref" not in node:
+        if not isinstance(node, dict) or not isinstance(node.get("$ref"), str):
             continue
-        seen = {id(node)}
-        target = node
-        while isinstance(target, dict) and "$ref" in target:
-            target = _target(root, target["$ref"])
-            if id(target) in seen:
+        chain: list[int] = []
+        target: Any = node
+        while isinstance(target, dict) and isinstance(target.get("$ref"), str):
+            if id(target) in settled:
+                break
+            if id(target) in chain:
                 raise InvalidSchema(f"{_pointer(path)}: the $ref chain leads back to itself")
-            seen.add(id(target))
+            chain.append(id(target))
+            if len(chain) > MAX_REF_CHAIN:
+                raise InvalidSchema(f"{_pointer(path)}: a chain of more than {MAX_REF_CHAIN} "
+                                    "$refs before a schema")
+            target = _target(root, target["$ref"])
+            if not isinstance(target, dict | bool):
+                raise InvalidSchema(f"{_pointer(path)}: $ref '{target!s:.40}' names something "
+                                    "that is not a schema")
+        settled.update(chain)
 
 
 def resolve_ref(node: Any, root: dict[str, Any]) -> Any:
@@ -460,8 +499,24 @@ def to_strict(schema: dict[str, Any]) -> dict[str, Any]:
 
 def drop_optional_nulls(data: Any, schema: dict[str, Any], root: dict[str, Any] | None = None,
                         _seen: frozenset[int] = frozenset()) -> Any:
-    """Removes the nulls strict mode forced into optional fields the user's schema left out."""
-    root = root or schema
+    """Removes the nulls strict mode forced into optional fields the user's schema left out.
+    Bounded like validation: past the budget the answer is returned as it is (and its
+    validation then says it is too costly)."""
+    if root is None:
+        token = _BUDGET.set([VALIDATION_BUDGET]) if _BUDGET.get(None) is None else None
+        try:
+            return _drop_optional_nulls(data, schema, schema, _seen)
+        except (ValidationTooCostly, RecursionError):
+            return data
+        finally:
+            if token is not None:
+                _BUDGET.reset(token)
+    return _drop_optional_nulls(data, schema, root, _seen)
+
+
+def _drop_optional_nulls(data: Any, schema: dict[str, Any], root: dict[str, Any],
+                         _seen: frozenset[int] = frozenset()) -> Any:
+    _spend()
     node = resolve_ref(schema, root)
     if not isinstance(node, dict) or id(node) in _seen:
         return data  # a branch already tried for this same value: recursion stops here
@@ -480,6 +535,7 @@ def drop_optional_nulls(data: Any, schema: dict[str, Any], root: dict[str, Any] 
     for key in ("anyOf", "oneOf"):
         for branch in node.get(key, []):
             candidate = drop_optional_nulls(data, branch, root, seen)
+            _spend(20)  # building the branch's validator costs more than a keyword
             if is_valid(candidate, {**resolve_ref(branch, root), "$defs": root.get("$defs", {}),
                                     "definitions": root.get("definitions", {})}):
                 return candidate
@@ -539,9 +595,47 @@ def _unique_items(validator: Any, unique: bool, instance: Any, schema: Any) -> I
             yield ValidationError("has non-unique items")
 
 
-_AnswerValidator = jsonschema.validators.extend(Draft202012Validator, {
-    "pattern": _re2_pattern, "patternProperties": _re2_pattern_properties,
-    "uniqueItems": _unique_items})
+class ValidationTooCostly(Exception):
+    """An answer whose validation would cost more than ``VALIDATION_BUDGET`` steps."""
+
+
+_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("validation_budget")
+
+
+@contextlib.contextmanager
+def validation_budget(steps: int = VALIDATION_BUDGET) -> Iterator[None]:
+    """One budget for everything checked inside (dropping forced nulls, then validating)."""
+    token = _BUDGET.set([steps])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _spend(steps: int = 1) -> None:
+    budget = _BUDGET.get(None)
+    if budget is not None:
+        budget[0] -= steps
+        if budget[0] < 0:
+            raise ValidationTooCostly
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Iterator[ValidationError]]:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+        _spend()
+        result = keyword(validator, value, instance, schema)
+        if result is not None:
+            yield from result
+
+    return counted
+
+
+_KEYWORDS: dict[str, Callable[..., Any]] = {
+    **Draft202012Validator.VALIDATORS, "pattern": _re2_pattern,
+    "patternProperties": _re2_pattern_properties, "uniqueItems": _unique_items}
+# Every keyword application is counted (anyOf/oneOf nesting is otherwise branches^depth).
+_AnswerValidator = jsonschema.validators.extend(
+    Draft202012Validator, {name: _counted(fn) for name, fn in _KEYWORDS.items()})
 # The supported formats whose checkers are installed (the others pass, as JSON Schema allows).
 _FORMATS = jsonschema.FormatChecker([f for f in SUPPORTED_FORMATS if f in jsonschema.FormatChecker.checkers])
 
@@ -564,11 +658,23 @@ def _error_text(err: ValidationError) -> str:
 
 
 def validation_errors(data: Any, schema: dict[str, Any], limit: int = 5) -> list[str]:
+    """Where the answer fails the schema (at most ``limit`` places); bounded in steps: an answer
+    too costly to check fails as one that does not match."""
     errors = []
-    for err in _validator(schema).iter_errors(data):
-        errors.append(_error_text(err))
-        if len(errors) >= limit:
-            break
+    token = _BUDGET.set([VALIDATION_BUDGET]) if _BUDGET.get(None) is None else None
+    try:
+        for err in _validator(schema).iter_errors(data):
+            errors.append(_error_text(err))
+            if len(errors) >= limit:
+                break
+    except ValidationTooCostly:
+        return ["/: the answer is too costly to check against this schema "
+                f"(more than {VALIDATION_BUDGET} steps)"]
+    except (RecursionError, jsonschema.exceptions.SchemaError, LookupError) as exc:
+        return [f"/: the answer could not be checked against this schema ({type(exc).__name__})"]
+    finally:
+        if token is not None:
+            _BUDGET.reset(token)
     return errors
 
 

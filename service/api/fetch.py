@@ -64,8 +64,13 @@ async def _download(target: Target, storage: BlobStore, max_bytes: int, allowed:
                     return await _store(response, storage, max_bytes)
             except TargetRefused as exc:
                 raise LongdocError(ErrorCode.URL_NOT_ALLOWED, exc.message) from None
+            except LongdocError:
+                raise
             except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                     httpcore.UnsupportedProtocol, OSError) as exc:
+                raise LongdocError(ErrorCode.URL_FETCH_FAILED,
+                                   f"the file could not be fetched ({type(exc).__name__})") from None
+            except Exception as exc:  # noqa: BLE001 - whatever a stranger's server makes of us
                 raise LongdocError(ErrorCode.URL_FETCH_FAILED,
                                    f"the file could not be fetched ({type(exc).__name__})") from None
     raise LongdocError(ErrorCode.URL_FETCH_FAILED, f"more than {MAX_REDIRECTS} redirects")

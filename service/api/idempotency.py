@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from schemas.errors import ErrorCode, LongdocError
 from service.core.settings import Settings
 from service.store.db import UnitOfWork
-from service.store.models import IdempotencyKey
+from service.store.models import IdempotencyKey, utcnow
 
 HEADER = "idempotency-key"
 MAX_KEY = 255
@@ -56,11 +57,15 @@ def request_hash(settings: Settings, *parts: bytes | str) -> str:
 
 
 def replay(session: Session, tenant_id: str, endpoint: str, key: str,
-           digest: str) -> JSONResponse | None:
+           digest: str, ttl_s: float = 86400.0) -> JSONResponse | None:
     row = session.scalar(select(IdempotencyKey).where(
         IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.endpoint == endpoint,
         IdempotencyKey.key == key))
     if row is None:
+        return None
+    if row.created_at < utcnow() - timedelta(seconds=ttl_s):
+        session.delete(row)  # expired (the sweep had not got to it): the key is free again
+        session.flush()
         return None
     if not hmac.compare_digest(row.request_hash, digest):
         raise LongdocError(ErrorCode.IDEMPOTENCY_KEY_REUSED,

@@ -116,7 +116,8 @@ class _Receiver:
                 self.part.name == "file" and (self._out is not None or self.file is not None)):
             raise LongdocError(ErrorCode.INVALID_REQUEST, f"send one '{self.part.name}' field")
         raw_filename = params.get(b"filename")
-        filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
+        filename = (raw_filename.decode("utf-8", "replace").replace("\x00", "")
+                    if raw_filename else None)
         self.part.filename = filename[:MAX_FILENAME] if filename else None
         if self.part.name == "file":
             self._out = self.storage.writer()
@@ -189,6 +190,8 @@ async def receive_upload(
             parser.write(chunk)
             await receiver.flush()
         parser.finalize()
+        if receiver._out is not None or receiver.part.header_bytes and receiver.file is None:
+            raise _invalid("the multipart body ends inside a part (no closing boundary)")
         if receiver.file is None:
             raise LongdocError(ErrorCode.INVALID_REQUEST, "the multipart body has no 'file' field")
     except FormParserError:

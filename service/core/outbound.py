@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpcore
 import idna
@@ -36,6 +36,7 @@ BLOCKED_NETWORKS = [ipaddress.ip_network(n) for n in (
 )]
 _NAT64 = [ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48")]
 MAX_URL = 2000
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 class TargetRefused(LongdocError):
@@ -92,7 +93,13 @@ def parse_url(url: str, what: str = "webhook_url",
         netloc_host = host
     port = port or (443 if parts.scheme == "https" else 80)
     netloc = netloc_host if parts.port is None else f"{netloc_host}:{port}"
-    normalised = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    # Non-ASCII in the path or query is sent percent-encoded (RFC 3986); escapes already there
+    # stay as they are.
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    query = quote(parts.query, safe=_PATH_SAFE + "?")
+    normalised = urlunsplit((parts.scheme, netloc, path, query, ""))
+    if len(normalised) > MAX_URL:
+        raise refuse(f"is longer than {MAX_URL} characters once its host and path are encoded")
     return Target(normalised, parts.scheme, host, port)
 
 

@@ -14,8 +14,10 @@ starts, when a chunk ends, and in the recovery sweep.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, or_, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from schemas.tasks import Task
 from service.store.db import UnitOfWork
@@ -46,6 +48,16 @@ def fair_order(in_flight: dict[str, int], candidates: dict[str, list[str]], slot
         picked.append(queues[tenant].pop(0))
         load[tenant] += 1
     return picked
+
+
+def cancel_chunks(session: Session, job_id: str) -> int:
+    """A job that ended before all its chunks ran: those not yet claimed give their dispatch
+    slots back at once (a claimed one gives it back when its call ends)."""
+    result = session.execute(
+        update(Chunk).where(Chunk.job_id == job_id, Chunk.status.in_(
+            (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.HELD)))
+        .values(status=ChunkStatus.CANCELED))
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def dispatch(uow: UnitOfWork, window: int) -> int:

@@ -35,6 +35,7 @@ class ChunkStatus(StrEnum):
     DONE = "done"
     SPLIT = "split"  # replaced by other chunks (halves, or pages re-planned after an answer)
     HELD = "held"  # waits for the job's first answer, which sets how long answers are
+    CANCELED = "canceled"  # its job ended (canceled or failed) before it ran: never sent
 
 
 class CallStatus(StrEnum):

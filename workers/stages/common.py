@@ -16,6 +16,7 @@ from service.core.logs import log
 from service.core.profiles import ModelProfile
 from service.core.webhooks import event_body
 from service.store.db import UnitOfWork
+from service.store.dispatch import cancel_chunks
 from service.store.jobs import job_document_ids, jobs_waiting_on
 from service.store.leases import release
 from service.store.models import (
@@ -60,7 +61,7 @@ def finish_job(uow: UnitOfWork, job: Job, status: JobStatus, code: str | None = 
         view = job_out(job, job_document_ids(uow.session, job.id)).model_dump(mode="json")
         view["result_url"] = f"/v1/jobs/{job.id}/result" if status == JobStatus.SUCCEEDED else None
         if status == JobStatus.SUCCEEDED and result is not None:
-            size = len(json.dumps(result, ensure_ascii=False).encode())
+            size = len(json.dumps(result))  # measured as event_body writes it (ASCII escapes)
             view["result_included"] = size <= max_result_bytes
             if view["result_included"]:
                 view["result"] = result
@@ -76,6 +77,7 @@ def finish_job(uow: UnitOfWork, job: Job, status: JobStatus, code: str | None = 
 def fail_job(uow: UnitOfWork, job: Job, code: str, message: str) -> None:
     if not JobStatus(job.status).ended:
         finish_job(uow, job, JobStatus.FAILED, code, message)
+        cancel_chunks(uow.session, job.id)
 
 
 def fail_jobs_waiting_on(uow: UnitOfWork, document_id: str, reason: str) -> None:

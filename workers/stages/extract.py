@@ -45,7 +45,7 @@ from service.core.sizing import (
     observed_ratio,
 )
 from service.store.db import UnitOfWork
-from service.store.dispatch import dispatch
+from service.store.dispatch import cancel_chunks, dispatch
 from service.store.jobs import (
     document_pages,
     job_document_ids,
@@ -296,7 +296,10 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
             finish_if_done(uow, job)  # a redelivered task: what follows is sent again
             return
         if job.status != JobStatus.RUNNING:
-            return  # canceled or already failed: no further calls
+            # Canceled or already failed: no further calls, and its slot goes to the next.
+            cancel_chunks(uow.session, job.id)
+            dispatch(uow, settings.dispatch_window)
+            return
         if chunk.attempts >= settings.task_max_attempts:
             fail_job(uow, job, ErrorCode.CHUNK_FAILED,
                      f"a chunk was interrupted {chunk.attempts} times")
@@ -350,7 +353,8 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
             return  # taken over by another worker (this one was presumed dead): not applied
         release(chunk)
         if job.status != JobStatus.RUNNING:
-            chunk.status = ChunkStatus.PENDING
+            chunk.status = ChunkStatus.CANCELED
+            dispatch(uow, settings.dispatch_window)
             return
         if failure is not None and failure.code in OUTAGE and not too_large:
             wait_for_model(ctx, uow, job, chunk, failure)
@@ -370,7 +374,9 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
         assert call is not None
         row.answer_used = False
         if call.refusal:
-            fail_job(uow, job, ErrorCode.MODEL_REFUSED, call.refusal)
+            # Our words, not the model's: its refusal was written after reading the document.
+            fail_job(uow, job, ErrorCode.MODEL_REFUSED,
+                     "the model refused to extract from these pages")
             return
         if invalid is not None or reading is None:
             fail_job(uow, job, ErrorCode.MODEL_OUTPUT_INVALID, invalid or "no answer")

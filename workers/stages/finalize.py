@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from schemas.errors import ErrorCode
-from schemas.strict import drop_optional_nulls, validation_errors
+from schemas.strict import drop_optional_nulls, validation_budget, validation_errors
 from service.core.citations import PageTexts, ground
 from service.core.jobs import TextLoader
 from service.core.logs import log
@@ -164,7 +164,9 @@ def prepare_result(job: Job, outcome: MergeOutcome | list[ChunkAnswer], resolved
     if not isinstance(outcome, MergeOutcome):
         outcome = merge_answers(outcome, job.schema)
     schema = job.schema
-    data = drop_optional_nulls(apply_choices(outcome.data, resolved), schema)
+    with validation_budget():  # one bound for the whole check of this answer
+        data = drop_optional_nulls(apply_choices(outcome.data, resolved), schema)
+        errors = validation_errors(data, schema)
     warnings = []
     for conflict in outcome.conflicts:
         entry = conflict.as_json()
@@ -178,7 +180,7 @@ def prepare_result(job: Job, outcome: MergeOutcome | list[ChunkAnswer], resolved
                            document_ids)
         sources = grounding.sources
         warnings.extend(grounding.warnings)
-    return PreparedResult(data, warnings, validation_errors(data, schema), sources)
+    return PreparedResult(data, warnings, errors, sources)
 
 
 def store_result(uow: UnitOfWork, job: Job, result: PreparedResult, settings: Settings) -> None:

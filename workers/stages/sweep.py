@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 
 from schemas.tasks import Task
 from service.core.logs import log
+from service.core.profiles import ModelProfile
 from service.store.blobs import collect_unreferenced
 from service.store.db import UnitOfWork
 from service.store.dispatch import dispatch
@@ -63,7 +64,7 @@ def recover(ctx: WorkerContext) -> int:
     with ctx.unit_of_work() as uow:
         sent += _documents(uow, now, before)
         sent += _jobs_to_plan(uow, now, before)
-        sent += _jobs_to_finalize(uow, now, before)
+        sent += _jobs_to_finalize(uow, now, before, ctx.profile)
     with ctx.unit_of_work() as uow:
         _chunks(ctx, uow, now, before)
     if sent:
@@ -97,7 +98,8 @@ def _jobs_to_plan(uow: UnitOfWork, now: datetime, before: datetime) -> int:
     return count
 
 
-def _jobs_to_finalize(uow: UnitOfWork, now: datetime, before: datetime) -> int:
+def _jobs_to_finalize(uow: UnitOfWork, now: datetime, before: datetime,
+                      profile: ModelProfile) -> int:
     stored = exists().where(Result.job_id == Job.id)
     jobs = uow.session.scalars(select(Job).where(
         Job.status == JobStatus.RUNNING, Job.finalizing.is_(True), _stale(Job, now, before),
@@ -106,6 +108,7 @@ def _jobs_to_finalize(uow: UnitOfWork, now: datetime, before: datetime) -> int:
     for job in jobs:
         if _resend(job, now):
             job.attempts += 1
+            mark_unknown_calls(uow.session, job, profile, purpose="merge")
         uow.send(Task.FINALIZE_JOB, job.id)
         count += 1
     return count

@@ -59,12 +59,12 @@ async def upload_document(request: Request, tenant: CurrentTenant,
     try:
         if once is not None and (earlier := await _replay(services, tenant.id, once)):
             return earlier
+        if upload.size == 0:
+            raise LongdocError(ErrorCode.EMPTY_FILE, "the file is empty")
         media_type = sniff(upload.head)
         if media_type is None:
             raise LongdocError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                                "the file is not a PDF, PNG, JPEG, WebP, GIF, TIFF, BMP or HEIF image")
-        if upload.size == 0:
-            raise LongdocError(ErrorCode.EMPTY_FILE, "the file is empty")
         password = fields.get("password") or None
         return await run_in_threadpool(_record_upload, services, tenant.id, upload, media_type,
                                        password, source_url, once)

@@ -24,11 +24,13 @@ from service.api.errors import not_found
 from service.api.routes.common import error_responses
 from service.store.db import Database
 from service.store.events import event_out, events_after, last_event_id
-from service.store.models import Job
+from service.store.models import Job, is_id
 
 POLL_S = 0.2  # how soon a waiting client hears of a change
 HEARTBEAT_S = 15.0  # a comment line keeps proxies from closing an idle stream
 BATCH = 500
+
+MAX_EVENT_ID = 2**63 - 1  # ids are 64-bit integers
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
                    responses=error_responses(_401="unauthorized", _404="not_found"))
@@ -56,7 +58,7 @@ def _next_events(db: Database, job_id: str, after: int) -> tuple[list[JobEventOu
     """The events after ``after`` and whether the stream may end after them: the job had ended
     before they were read, so nothing but these can follow."""
     with db.session(readonly=True) as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id) if is_id(job_id, "job") else None
         ended = job is None or JobStatus(job.status).ended
         rows = [event_out(e) for e in events_after(session, job_id, after, BATCH)]
     return rows, ended and len(rows) < BATCH
@@ -90,18 +92,20 @@ async def event_stream(db: Database, job_id: str, after: int) -> AsyncIterator[s
                              "description": "the job's events, then live until it ends"}})
 def job_events(job_id: str, tenant: CurrentTenant, session: SessionDep, services: ServicesDep,
                last_event_id_header: str | None = Header(None, alias="last-event-id"),
-               after: int | None = Query(None, ge=0, description="resume after this event id "
+               after: int | None = Query(None, ge=0, le=MAX_EVENT_ID,
+                                         description="resume after this event id "
                                          "(as the Last-Event-ID header does)"),
                ) -> StreamingResponse:
     """Every event of the job in order from the beginning (or after ``Last-Event-ID``), then live
     ones as they commit, until the job ends and the stream closes."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id(job_id, "job") else None
     if job is None or job.tenant_id != tenant.id:
         raise not_found("job")
     session.close()  # nothing of the request's transaction is held while streaming
     start = after or 0
     if last_event_id_header:
-        if not last_event_id_header.strip().isdigit():
+        if (not last_event_id_header.strip().isdigit()
+                or int(last_event_id_header) > MAX_EVENT_ID):
             raise LongdocError(ErrorCode.INVALID_REQUEST, "Last-Event-ID must be an event id")
         start = int(last_event_id_header)
     return StreamingResponse(event_stream(services.db, job_id, start),

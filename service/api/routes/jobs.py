@@ -32,6 +32,7 @@ from service.api.uploads import parse_json, read_json_bytes
 from service.core.jobs import check_cost, make_plan, plan_view, selected_pages
 from service.core.outbound import check_target
 from service.store.db import Database
+from service.store.dispatch import cancel_chunks, dispatch
 from service.store.events import last_event_id
 from service.store.jobs import (
     attach_documents,
@@ -185,6 +186,8 @@ async def get_job(job_id: str, request: Request, tenant: CurrentTenant, session:
                       "long-poll: answer as soon as the job changes, or after this many "
                       "seconds; at once when it has ended"))) -> JobOut:
     def current() -> tuple[int, JobOut]:
+        if not is_id(job_id, "job"):
+            raise not_found("job")
         seen = last_event_id(session, job_id)  # first: a change after this read is noticed
         job = _owned_job(session, tenant, job_id)
         return seen, job_out(job, job_document_ids(session, job.id))
@@ -220,6 +223,9 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
         job = lock_job(uow.session, job_id)
         if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             job.status, job.finished_at = JobStatus.CANCELED, utcnow()
+            # Its chunks not yet running give their dispatch slots to other jobs now.
+            if cancel_chunks(uow.session, job.id):
+                dispatch(uow, services.settings.dispatch_window)
         uow.session.flush()
         return job_out(job, job_document_ids(uow.session, job.id))
 
