@@ -49,6 +49,8 @@ class DocumentOut(BaseModel):
     tokens: int | None = None
     error: ErrorDetail | None = None
     created_at: datetime
+    # When the retention purge deletes it (sooner if a delete_documents job that read it ends).
+    expires_at: datetime | None = None
 
 
 class PageOut(BaseModel):
@@ -91,6 +93,10 @@ class JobCreate(BaseModel):
     max_tokens_per_call: int | None = Field(default=None, ge=4096, le=100_000_000)
     max_output_tokens: int | None = Field(default=None, ge=256, le=10_000_000)
     max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Seconds the job's data is kept after it ends (at most LONGDOC_RETENTION_SECONDS).
+    retention_seconds: int | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+    # Delete the job's documents once it has ended (and no other unfinished job reads them).
+    delete_documents: bool = False
     dry_run: bool = False
 
 
@@ -145,6 +151,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Once the job has ended: when its data (result, chunks, calls, events, webhooks) is deleted.
+    expires_at: datetime | None = None
 
 
 class JobEventType(StrEnum):
@@ -241,3 +249,23 @@ class DocumentList(BaseModel):
 class JobList(BaseModel):
     data: list[JobOut]
     next_before: str | None = None
+
+
+class QuotaUse(BaseModel):
+    """One quota of the tenant: what is used in its window against the limit."""
+
+    used: int | float
+    limit: int | float | None = Field(description="null: no limit")
+    window: Literal["now", "utc_day", "utc_month"]
+    resets_at: datetime | None = Field(description="when the window starts again (null: now)")
+
+
+class UsageOut(BaseModel):
+    """``GET /v1/usage``: the tenant's use against its limits. Jobs still running count in the
+    current windows with what they have used so far."""
+
+    tenant: str
+    concurrent_jobs: QuotaUse
+    pages_per_day: QuotaUse
+    tokens_per_day: QuotaUse
+    usd_per_month: QuotaUse

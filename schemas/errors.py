@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     JOB_NOT_SUCCEEDED = "job_not_succeeded"
     BUDGET_EXCEEDED = "budget_exceeded"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    QUOTA_EXCEEDED = "quota_exceeded"  # a tenant limit (longdoc tenants set-limits)
+    DOCUMENT_IN_USE = "document_in_use"  # a queued or running job reads it, or it is processing
     NOT_READY = "not_ready"
     # Documents
     DOCUMENT_UNREADABLE = "document_unreadable"

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
-from service.api.routes import documents, events, health, jobs, pages, ui
+from service.api.routes import deletion, documents, events, health, jobs, pages, ui, usage
 from service.core.logs import configure_logging
 from service.core.profiles import get_profile
 from service.core.settings import Settings, get_settings
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         profile=get_profile(settings.model, settings.model_profiles_file or None),
     )
     install_error_handlers(app)
-    for module in (health, documents, pages, jobs, events):
+    for module in (health, documents, pages, jobs, events, deletion, usage):
         app.include_router(module.router)
     ui.install(app)
     return app

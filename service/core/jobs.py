@@ -22,7 +22,7 @@ from service.core.settings import Settings
 from service.core.tokens import count_text
 
 JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_per_call",
-               "max_output_tokens", "max_cost_usd")
+               "max_output_tokens", "max_cost_usd", "retention_seconds", "delete_documents")
 
 
 @dataclass(frozen=True)

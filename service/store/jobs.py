@@ -37,8 +37,9 @@ def document_pages(doc: Document) -> DocumentPages:
 def new_job(tenant_id: str, body: JobCreate, profile: str) -> Job:
     options = {k: getattr(body, k) for k in JOB_OPTIONS if getattr(body, k) is not None}
     return Job(id=new_id("job"), tenant_id=tenant_id, status=JobStatus.QUEUED,
-               schema=body.json_schema, instructions=body.instructions,
-               webhook_url=body.webhook_url, options=options, profile=profile)
+               document_ids=list(body.document_ids), schema=body.json_schema,
+               instructions=body.instructions, webhook_url=body.webhook_url, options=options,
+               profile=profile)
 
 
 def owned_documents(session: Session, tenant_id: str, ids: Sequence[str]) -> list[Document]:
@@ -64,9 +65,23 @@ def attach_documents(session: Session, job: Job, docs: Sequence[Document]) -> No
 
 
 def job_document_ids(session: Session, job_id: str) -> list[str]:
+    """The job's documents as it was created with them (a deleted document's id stays)."""
+    ids = session.scalar(select(Job.document_ids).where(Job.id == job_id))
+    if ids is not None:
+        return [str(i) for i in ids]
     return list(session.scalars(select(JobDocument.document_id)
                                 .where(JobDocument.job_id == job_id)
                                 .order_by(JobDocument.position)))
+
+
+def lock_documents(session: Session, tenant_id: str, ids: Sequence[str]) -> None:
+    """Holds the documents a new job reads until it commits (a delete waits, then sees the
+    job); one deleted since it was read is 404. SQLite serialises writers already."""
+    found = set(session.scalars(select(Document.id).where(
+        Document.id.in_(ids), Document.tenant_id == tenant_id).with_for_update(read=True)))
+    missing = next((i for i in ids if i not in found), None)
+    if missing is not None:
+        raise LongdocError(ErrorCode.NOT_FOUND, f"document {missing} not found")
 
 
 def job_documents(session: Session, job_id: str) -> list[Document]:
@@ -90,12 +105,18 @@ def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]
     job.status, job.started_at = JobStatus.RUNNING, now
     job.plan = plan_view(plan, document_ids)
     job.chunks_total, job.chunks_done = len(plan.chunks), 0
+    job.pages = plan_pages(plan)
     for i, chunk in enumerate(plan.chunks):
         uow.session.add(Chunk(id=new_id("chk"), job_id=job.id, tenant_id=job.tenant_id,
                               ordinal=f"{i:05d}", parts=[p.as_json() for p in chunk.parts],
                               predicted_tokens=chunk.prompt_tokens, created_at=now))
     uow.session.flush()
     dispatch(uow, window)
+
+
+def plan_pages(plan: Plan) -> int:
+    """Pages a plan reads (a page cut into spans counts once)."""
+    return len({(p.document, p.page) for chunk in plan.chunks for p in chunk.parts})
 
 
 def lock_job(session: Session, job_id: str) -> Job:

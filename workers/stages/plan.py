@@ -18,6 +18,7 @@ from service.store.jobs import (
 )
 from service.store.leases import claim, holds, release
 from service.store.models import DocumentStatus, Job, JobStatus
+from service.store.quotas import enforce, plan_demand
 from workers.context import WorkerContext
 from workers.parsing import ParseError
 from workers.stages.common import fail_job
@@ -70,5 +71,11 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
         if error is not None or plan is None:
             assert error is not None
             fail_job(uow, job, error.code, error.message)
+            return
+        try:  # pages are known now: the tenant's quotas, under its lock
+            enforce(uow.session, job.tenant_id, plan_demand(spec, plan, ctx.profile, settings),
+                    new_job=False)
+        except LongdocError as exc:
+            fail_job(uow, job, exc.code, exc.message)
             return
         start_job(uow, job, plan, [d.id for d in docs], settings.dispatch_window)

@@ -39,6 +39,7 @@ from service.store.jobs import (
     first_failed,
     job_document_ids,
     job_spec,
+    lock_documents,
     lock_job,
     new_job,
     owned_documents,
@@ -56,12 +57,14 @@ from service.store.models import (
     is_id,
     utcnow,
 )
+from service.store.quotas import enforce, plan_demand
 from service.store.views import call_out, delivery_out, job_out, job_usage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
     _401="unauthorized", _404="not_found",
     _409="job_not_succeeded, document_not_ready, document_failed",
-    _422="invalid_request, invalid_schema, webhook_url_not_allowed, budget_exceeded, ..."))
+    _422="invalid_request, invalid_schema, webhook_url_not_allowed, budget_exceeded, ...",
+    _429="quota_exceeded (POST /v1/jobs; Retry-After says when to try again)"))
 
 
 def _owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
@@ -126,8 +129,11 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session, services: Ser
             return JSONResponse(out.model_dump(mode="json"), status_code=200)
     session.close()  # the checks are done: nothing of the read transaction is held while writing
     location = f"/v1/jobs/{job.id}"
+    demand = plan_demand(job_spec(job), plan, profile, settings) if plan is not None else None
     try:
         with services.unit_of_work() as uow:
+            lock_documents(uow.session, tenant_id, body.document_ids)  # none deleted meanwhile
+            enforce(uow.session, tenant_id, demand, new_job=True)  # counted under the tenant lock
             uow.session.add(job)
             uow.session.flush()
             attach_documents(uow.session, job, docs)
