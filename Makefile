@@ -58,6 +58,7 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput overhead
 	$(BIN)/python -m bench.throughput latency
 	$(BIN)/python -m bench.throughput ratelimit
+	$(BIN)/python -m bench.fairness
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache

@@ -185,6 +185,20 @@ def test_a_read_document_is_409_and_deleting_its_running_job_cancels_then_delete
         assert used > 0, "the call that was in flight is counted"
 
 
+def test_another_tenants_document_and_job_are_404_to_delete_and_stay(stack: Stack) -> None:
+    owner, stranger = new_tenant(stack, "owner"), new_tenant(stack, "stranger")
+    with stack.client(owner["api_key"]) as mine, stack.client(stranger["api_key"]) as theirs:
+        doc = ready_document(mine, text_pdf(1, lines=10))
+        job_id = started(mine, [doc["id"]])
+        assert wait_job(mine, job_id)["status"] == "succeeded"
+        for path in (f"/v1/documents/{doc['id']}", f"/v1/jobs/{job_id}"):
+            refused = theirs.delete(path)
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+            assert mine.get(path).status_code == 200
+        for path in ("/v1/documents/doc_" + "z" * 500, "/v1/jobs/job_" + "0" * 24):
+            assert theirs.delete(path).status_code == 404
+
+
 # Quotas -----------------------------------------------------------------------------------------
 
 def test_jobs_created_at_once_cannot_pass_a_concurrency_limit_of_one(sandbox: Stack) -> None:
