@@ -16,7 +16,6 @@ flight spend; pages are exact (the plan says how many a job reads).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -42,11 +41,12 @@ CONCURRENCY_RETRY_S = 5
 @dataclass(frozen=True)
 class Demand:
     """What a job about to start will read: pages and prompt tokens from its plan, and its
-    estimated cost (computed only when the tenant has a dollar limit)."""
+    estimated cost (worked out before the write transaction, and only for a tenant with a
+    dollar limit: the estimate counts the schema's tokens, which can take a while)."""
 
     pages: int = 0
     tokens: int = 0
-    usd: Callable[[], float] | None = None
+    usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def enforce(session: Session, tenant_id: str, demand: Demand | None, new_job: bo
                       f"used today, this job's prompts are {demand.tokens}); the UTC day ends at "
                       f"{day_reset.isoformat()}", _seconds_until(day_reset, now))
     if tenant.max_usd_per_month is not None:
-        estimate = demand.usd() if demand.usd is not None else 0.0
+        estimate = demand.usd or 0.0
         if use.usd_this_month >= tenant.max_usd_per_month \
                 or use.usd_this_month + estimate > tenant.max_usd_per_month:
             raise _refuse(f"max_usd_per_month is {tenant.max_usd_per_month:g} "
@@ -186,7 +186,15 @@ def charge(session: Session, job: Job, now: datetime) -> None:
     job.charged_at = now
 
 
-def plan_demand(spec: JobSpec, plan: ChunkPlan, profile: ModelProfile, settings: Settings) -> Demand:
+def plan_demand(plan: ChunkPlan, estimate: float | None) -> Demand:
     """A planned job's demand: the pages and prompt tokens of its plan, its estimated cost."""
-    return Demand(pages=plan_pages(plan), tokens=plan.total_tokens,
-                  usd=lambda: estimate_cost(spec, plan, profile, settings))
+    return Demand(pages=plan_pages(plan), tokens=plan.total_tokens, usd=estimate)
+
+
+def job_demand(session: Session, tenant_id: str, spec: JobSpec, plan: ChunkPlan,
+               profile: ModelProfile, settings: Settings) -> Demand:
+    """The demand of a job planned in the API (``session``: the request's reads, where the
+    tenant's row already is), its cost estimated only if the tenant has a dollar limit."""
+    tenant = session.get(Tenant, tenant_id)
+    limited = tenant is not None and tenant.max_usd_per_month is not None
+    return plan_demand(plan, estimate_cost(spec, plan, profile, settings) if limited else None)

@@ -15,8 +15,9 @@ A document's purge time is its upload plus ``LONGDOC_RETENTION_SECONDS``, or the
 ``delete_documents`` job that read it. Lowering ``LONGDOC_RETENTION_SECONDS`` applies to rows
 stored before as well (the purge also compares upload and end times with it).
 
-The purge runs from beat in batches, each a short transaction over indexed columns; files are
-removed after the transaction that deleted their last row has committed.
+The purge runs from beat in batches of about ``ROWS`` rows, each a short transaction over
+indexed columns (a large job's chunks, calls and events go in slices first); files are removed
+after the transaction that deleted their last row has committed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ from service.store.models import (
 from service.store.quotas import charge
 from service.store.storage import LocalStorage
 
-BATCH = 100  # rows per purge transaction: short write locks, even on SQLite
+BATCH = 100  # jobs or documents looked at per purge step
+# Rows deleted per transaction, about: a few tens of milliseconds of write lock on SQLite.
+ROWS = 2000
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 _LOCK = 0x70757267  # "purg": charging is serialised on PostgreSQL (SQLite serialises writers)
@@ -75,6 +78,27 @@ def _idle(now: datetime) -> list[ColumnElement[bool]]:
 
 def job_idle(session: Session, job_id: str, now: datetime) -> bool:
     return session.scalar(select(Job.id).where(Job.id == job_id, *_idle(now))) is not None
+
+
+def job_rows(chunks_total: int | None) -> int:
+    """About how many rows deleting a job removes: a chunk, its call and its progress event,
+    and a few of the job's own (status events, result, delivery)."""
+    return 3 * (chunks_total or 0) + 8
+
+
+def trim_job(db: Database, job_id: str) -> None:
+    """A large job's events, calls and chunks, ``ROWS`` at a time, each slice its own short
+    transaction; the job itself and the rest go with ``delete_job_rows``."""
+    for model, key in ((JobEvent, JobEvent.id), (ModelCall, ModelCall.id), (Chunk, Chunk.id)):
+        while True:
+            with db.unit_of_work() as uow:
+                ids = list(uow.session.scalars(select(key).where(model.job_id == job_id)
+                                               .limit(ROWS)))
+                if ids:
+                    uow.session.execute(delete(model).where(key.in_(ids))
+                                        .execution_options(synchronize_session=False))
+            if len(ids) < ROWS:
+                break
 
 
 def retention_of(settings: Settings, job: Job) -> float:
@@ -193,18 +217,31 @@ def _settle_ended(db: Database, settings: Settings, now: datetime) -> int:
 
 def _purge_jobs(db: Database, settings: Settings, now: datetime) -> int:
     cutoff = now - timedelta(seconds=settings.retention_seconds)
+    due = [or_(Job.purge_at <= now, and_(Job.finished_at <= cutoff, Job.status.in_(ENDED))),
+           Job.charged_at.is_not(None)]
     purged = 0
     while True:
+        with db.session(readonly=True) as session:
+            found = session.execute(select(Job.id, Job.chunks_total).where(*due).limit(BATCH)).all()
+        if not found:
+            return purged
+        batch: list[str] = []
+        rows = 0
+        for job_id, chunks in found:  # as many as fit in one short transaction (one at least)
+            if batch and rows + job_rows(chunks) > ROWS:
+                break
+            batch.append(job_id)
+            rows += job_rows(chunks)
+        if rows > ROWS:
+            trim_job(db, batch[0])
         with db.unit_of_work() as uow:
             serialize(uow.session)
-            due = or_(Job.purge_at <= now, and_(Job.finished_at <= cutoff, Job.status.in_(ENDED)))
-            jobs = list(uow.session.scalars(
-                select(Job).where(due, Job.charged_at.is_not(None)).limit(BATCH)
-                .with_for_update(skip_locked=True)))
+            jobs = list(uow.session.scalars(select(Job).where(Job.id.in_(batch), *due)
+                                            .with_for_update(skip_locked=True)))
             if jobs:
                 delete_job_rows(uow.session, jobs)
         purged += len(jobs)
-        if len(jobs) < BATCH:
+        if not jobs or (len(found) < BATCH and len(batch) == len(found)):
             return purged
 
 
@@ -215,16 +252,27 @@ def _purge_documents(db: Database, storage: LocalStorage, settings: Settings,
                              Job.status.in_(UNFINISHED))
     purged = 0
     while True:
+        with db.session(readonly=True) as session:
+            found = session.execute(
+                select(Document.id, Document.pages)
+                .where(or_(Document.purge_at <= now, Document.created_at <= cutoff),
+                       Document.status != DocumentStatus.PROCESSING, ~reading)
+                .limit(BATCH)).all()
+        if not found:
+            return purged
+        batch: list[str] = []
+        rows = 0
+        for doc_id, pages in found:  # a page can have a stored render: a row each
+            if batch and rows + (pages or 0) + 4 > ROWS:
+                break
+            batch.append(doc_id)
+            rows += (pages or 0) + 4
         since = time.time()
         with db.unit_of_work() as uow:
-            ids = list(uow.session.scalars(
-                select(Document.id).where(or_(Document.purge_at <= now, Document.created_at <= cutoff),
-                                          Document.status != DocumentStatus.PROCESSING, ~reading)
-                .limit(BATCH)))
-            deleted = delete_documents(uow.session, ids) if ids else Deleted()
+            deleted = delete_documents(uow.session, batch)
         remove_files(storage, deleted.files, since)
         purged += len(deleted.documents)
-        if len(ids) < BATCH:
+        if not deleted.documents or (len(found) < BATCH and len(batch) == len(found)):
             return purged
 
 

@@ -115,6 +115,23 @@ def test_a_jobs_retention_seconds_deletes_its_data_after_it_ends_never_before(
         assert view(kept) is not None and client.get(f"/v1/documents/{doc['id']}").status_code == 200
 
 
+def test_a_job_of_hundreds_of_chunks_is_deleted_by_the_purge_in_slices(purging: Stack) -> None:
+    stack = purging
+    with stack.client(key_for(stack)) as client:
+        big = wait_document(client, upload(client, "big.pdf", data=text_pdf(2100, lines=60))
+                            .json()["id"], 180)
+        assert big["status"] == "ready"
+        job = start(client, [big["id"]], max_tokens_per_call=4096, max_output_tokens=256)
+        chunks = client.get(f"/v1/jobs/{job}").json()["progress"]["chunks_total"]
+        assert chunks * 3 > 2000, "more rows than one purge transaction deletes"
+        deleting = client.delete(f"/v1/jobs/{job}")
+        assert deleting.status_code == 202 and deleting.json()["status"] == "canceled"
+        wait_until(lambda: client.get(f"/v1/jobs/{job}").status_code == 404, 120,
+                   "the purge to delete the job, slice by slice")
+        for table in ("chunks", "model_calls", "job_events", "results"):
+            assert query(stack, f"SELECT count(*) FROM {table} WHERE job_id = ?", (job,))[0][0] == 0
+
+
 def test_documents_and_jobs_are_purged_when_the_retention_period_ends(tmp_path: Path) -> None:
     stack = start_stack(tmp_path, env_extra={**FAST_PURGE, "LONGDOC_RETENTION_SECONDS": "12"})
     try:

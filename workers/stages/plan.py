@@ -52,6 +52,7 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
     ctx.keep_leases()
     spec = job_spec(job)
     plan: Plan | None = None
+    estimate: float | None = None
     try:
         if spec.options.get("pages_as_images"):
             for doc in docs:
@@ -59,7 +60,7 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
                     ensure_page_images(ctx, doc)
         plan = make_plan(spec, [document_pages(d) for d in docs], ctx.profile, settings,
                          ctx.storage)
-        check_cost(spec, plan, ctx.profile, settings)
+        estimate = check_cost(spec, plan, ctx.profile, settings)
         error = None
     except (LongdocError, ParseError) as exc:
         error = exc
@@ -73,8 +74,7 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             fail_job(uow, job, error.code, error.message)
             return
         try:  # pages are known now: the tenant's quotas, under its lock
-            enforce(uow.session, job.tenant_id, plan_demand(spec, plan, ctx.profile, settings),
-                    new_job=False)
+            enforce(uow.session, job.tenant_id, plan_demand(plan, estimate), new_job=False)
         except LongdocError as exc:
             fail_job(uow, job, exc.code, exc.message)
             return

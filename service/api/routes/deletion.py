@@ -17,10 +17,12 @@ from service.store.dispatch import dispatch
 from service.store.jobs import job_document_ids
 from service.store.models import Document, Job, is_id, utcnow
 from service.store.retention import (
+    ROWS,
     delete_documents,
     delete_job_rows,
     documents_in_use,
     job_idle,
+    job_rows,
     remove_files,
     serialize,
     settle,
@@ -66,16 +68,17 @@ def delete_document(document_id: str, tenant: CurrentTenant, session: SessionDep
 
 @router.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"], response_class=Response,
                responses={
-                   202: {"model": JobOut, "description": "canceled; its data is deleted as soon "
-                         "as its calls in flight have returned"},
+                   202: {"model": JobOut, "description": "canceled; its data is deleted within "
+                         "seconds, as soon as its calls in flight have returned"},
                    401: {"model": ErrorBody, "description": "unauthorized"},
                    404: {"model": ErrorBody, "description": "not_found"}})
 def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
                services: ServicesDep) -> Response:
     """Deletes the job: result, chunks and their answers, model calls, events, webhook
     deliveries and their attempts. A job still queued or running is canceled first; if a call
-    of it is in flight, the answer is 202 and the purge deletes it once the call has returned
-    (its usage is counted). A ``delete_documents`` job's documents go too."""
+    of it is in flight (or it has hundreds of chunks), the answer is 202 and the purge deletes
+    it within seconds, once the call has returned (its usage is counted). A
+    ``delete_documents`` job's documents go too."""
     job = session.get(Job, job_id) if is_id(job_id, "job") else None
     if job is None or job.tenant_id != tenant.id:
         raise not_found("job")
@@ -91,7 +94,8 @@ def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
             # Under the row lock, through the ORM: the cancel is in the job's event stream.
             row.status, row.finished_at = JobStatus.CANCELED, now
         row.purge_at = now
-        if job_idle(uow.session, job_id, now):
+        # A large job is left to the purge, which deletes it in short transactions.
+        if job_idle(uow.session, job_id, now) and job_rows(row.chunks_total) <= ROWS:
             settle(uow.session, services.settings, row, now)
             delete_job_rows(uow.session, [row])
         else:

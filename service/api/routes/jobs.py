@@ -57,7 +57,7 @@ from service.store.models import (
     is_id,
     utcnow,
 )
-from service.store.quotas import enforce, plan_demand
+from service.store.quotas import enforce, job_demand
 from service.store.views import call_out, delivery_out, job_out, job_usage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
@@ -127,9 +127,10 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session, services: Ser
             out = DryRunOut(plan=Plan(**plan_view(plan, body.document_ids)),
                             estimated_cost_usd=round(estimate, 8), profile=job.profile)
             return JSONResponse(out.model_dump(mode="json"), status_code=200)
+    demand = job_demand(session, tenant_id, job_spec(job), plan, profile, settings) \
+        if plan is not None else None
     session.close()  # the checks are done: nothing of the read transaction is held while writing
     location = f"/v1/jobs/{job.id}"
-    demand = plan_demand(job_spec(job), plan, profile, settings) if plan is not None else None
     try:
         with services.unit_of_work() as uow:
             lock_documents(uow.session, tenant_id, body.document_ids)  # none deleted meanwhile
