@@ -199,6 +199,26 @@ def test_another_tenants_document_and_job_are_404_to_delete_and_stay(stack: Stac
             assert theirs.delete(path).status_code == 404
 
 
+def test_a_job_deleted_while_a_client_long_polls_it_is_404_to_that_client(stack: Stack) -> None:
+    tenant = new_tenant(stack, "waiter")
+    with stack.client(tenant["api_key"]) as client:
+        stack.kill("cpu")  # the document stays processing: its job stays queued, nothing in flight
+        try:
+            doc = upload(client, "later.pdf", data=text_pdf(1, lines=10, seed=5)).json()
+            job_id = started(client, [doc["id"]])
+            answers: list[httpx.Response] = []
+            waiting = threading.Thread(target=lambda: answers.append(
+                client.get(f"/v1/jobs/{job_id}", params={"wait": 3})))
+            waiting.start()
+            assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+            waiting.join(timeout=30)
+            assert answers[0].status_code == 404, answers[0].text
+            assert answers[0].json()["error"]["code"] == "not_found"
+        finally:
+            stack.start_worker("cpu", name=f"cpu-{secrets.token_hex(2)}")
+        assert wait_document(client, doc["id"])["status"] == "ready"
+
+
 # Quotas -----------------------------------------------------------------------------------------
 
 def test_jobs_created_at_once_cannot_pass_a_concurrency_limit_of_one(sandbox: Stack) -> None:

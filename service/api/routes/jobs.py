@@ -178,7 +178,8 @@ def list_jobs(tenant: CurrentTenant, session: SessionDep,
 def _job_view(db: Database, job_id: str) -> JobOut:
     with db.session(readonly=True) as session:
         job = session.get(Job, job_id)
-        assert job is not None
+        if job is None:
+            raise not_found("job")  # deleted while the client waited
         return job_out(job, job_document_ids(session, job.id))
 
 
