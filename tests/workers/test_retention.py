@@ -132,6 +132,20 @@ def test_a_job_of_hundreds_of_chunks_is_deleted_by_the_purge_in_slices(purging: 
             assert query(stack, f"SELECT count(*) FROM {table} WHERE job_id = ?", (job,))[0][0] == 0
 
 
+def test_a_job_deleted_while_it_is_planned_goes_once_planning_lets_go(purging: Stack) -> None:
+    stack = purging
+    with stack.client(key_for(stack)) as client:
+        doc = ready(client, 150, 6)
+        job = start(client, [doc["id"]], pages_as_images=True)  # the plan task renders pages
+        wait_until(lambda: query(stack, "SELECT lease_owner FROM jobs WHERE id = ?",
+                                 (job,))[0][0], 60, "the plan task to hold the job")
+        deleting = client.delete(f"/v1/jobs/{job}")
+        assert deleting.status_code == 202, "the plan task holds it: deleted once it lets go"
+        wait_until(lambda: client.get(f"/v1/jobs/{job}").status_code == 404, 120,
+                   "the purge to delete the job once planning has given it up")
+        assert places(stack, job) == {}
+
+
 def test_documents_and_jobs_are_purged_when_the_retention_period_ends(tmp_path: Path) -> None:
     stack = start_stack(tmp_path, env_extra={**FAST_PURGE, "LONGDOC_RETENTION_SECONDS": "12"})
     try:

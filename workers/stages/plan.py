@@ -67,6 +67,8 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
         if job.status != JobStatus.QUEUED or not holds(job):
+            if holds(job):
+                release(job)  # canceled meanwhile: not renewed forever (the purge waits for it)
             return
         release(job)
         if error is not None or plan is None:
