@@ -7,12 +7,13 @@ files, each unless another row still refers to it (identical content is stored o
 job keeps its ``document_ids``, so its view and result stay whole when a document goes.
 
 Nothing is deleted under a worker's feet: a document is not deleted while it is being ingested
-or while a queued or running job reads it, and a job not while a call or a merge of it is in
-flight (a canceled job's calls still return). Once a job has ended and nothing of it is in
-flight its use goes into the tenant's ledger (``service.store.quotas.charge``) and its purge
-time is set: the end plus its ``retention_seconds`` (at most ``LONGDOC_RETENTION_SECONDS``).
-A document's purge time is its upload plus ``LONGDOC_RETENTION_SECONDS``, or the end of a
-``delete_documents`` job that read it. Lowering ``LONGDOC_RETENTION_SECONDS`` applies to rows
+or while a queued or running job reads it, and a job not while a call, its planning or its
+merge is in flight (a canceled job's calls still return, and are counted). Once a job has ended
+and nothing of it is in flight its use goes into the tenant's ledger
+(``service.store.quotas.charge``) and its purge time is set: the end plus its
+``retention_seconds`` (at most ``LONGDOC_RETENTION_SECONDS``). A document's purge time is its
+upload plus ``LONGDOC_RETENTION_SECONDS``, or the end of a ``delete_documents`` job that read
+it. Lowering ``LONGDOC_RETENTION_SECONDS`` applies to rows
 stored before as well (the purge also compares upload and end times with it).
 
 The purge runs from beat in batches of about ``ROWS`` rows, each a short transaction over
