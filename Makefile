@@ -62,6 +62,7 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput latency
 	$(BIN)/python -m bench.throughput ratelimit
 	$(BIN)/python -m bench.throughput s3read
+	$(BIN)/python -m bench.fairness
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache

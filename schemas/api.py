@@ -54,6 +54,8 @@ class DocumentOut(BaseModel):
         "pages read as images, by the model profile's image rules at detail auto"))
     error: ErrorDetail | None = None
     created_at: datetime
+    # When the retention purge deletes it (sooner if a delete_documents job that read it ends).
+    expires_at: datetime | None = None
 
 
 class PageOut(BaseModel):
@@ -106,6 +108,10 @@ class JobCreate(BaseModel):
     # Sources for every value (page and verbatim quote, verified). Not given: on when the schema
     # has no array that grows with the document (they cost little then), off otherwise.
     citations: bool | None = None
+    # Seconds the job's data is kept after it ends (at most LONGDOC_RETENTION_SECONDS).
+    retention_seconds: int | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+    # Delete the job's documents once it has ended (and no other unfinished job reads them).
+    delete_documents: bool = False
     dry_run: bool = False
 
 
@@ -178,6 +184,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Once the job has ended: when its data (result, chunks, calls, events, webhooks) is deleted.
+    expires_at: datetime | None = None
 
 
 class JobEventType(StrEnum):
@@ -280,3 +288,23 @@ class DocumentList(BaseModel):
 class JobList(BaseModel):
     data: list[JobOut]
     next_before: str | None = None
+
+
+class QuotaUse(BaseModel):
+    """One quota of the tenant: what is used in its window against the limit."""
+
+    used: int | float
+    limit: int | float | None = Field(description="null: no limit")
+    window: Literal["now", "utc_day", "utc_month"]
+    resets_at: datetime | None = Field(description="when the window starts again (null: now)")
+
+
+class UsageOut(BaseModel):
+    """``GET /v1/usage``: the tenant's use against its limits. Jobs still running count in the
+    current windows with what they have used so far."""
+
+    tenant: str
+    concurrent_jobs: QuotaUse
+    pages_per_day: QuotaUse
+    tokens_per_day: QuotaUse
+    usd_per_month: QuotaUse

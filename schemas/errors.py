@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     INVALID_PAGES = "invalid_pages"  # a job's page ranges (the message says which and why)
+    QUOTA_EXCEEDED = "quota_exceeded"  # a tenant limit (longdoc tenants set-limits)
+    DOCUMENT_IN_USE = "document_in_use"  # a queued or running job reads it, or it is processing
     NOT_READY = "not_ready"
     # Documents
     DOCUMENT_UNREADABLE = "document_unreadable"

@@ -22,6 +22,7 @@ class Task(StrEnum):
     DELIVER_WEBHOOK = "longdoc.deliver_webhook"
     SWEEP = "longdoc.sweep"
     COLLECT_BLOBS = "longdoc.collect_blobs"
+    PURGE = "longdoc.purge"
 
     @property
     def queue(self) -> Queue:
@@ -36,6 +37,7 @@ _QUEUES = {
     Task.DELIVER_WEBHOOK: Queue.MODEL,
     Task.SWEEP: Queue.CPU,
     Task.COLLECT_BLOBS: Queue.CPU,
+    Task.PURGE: Queue.CPU,
 }
 
 

@@ -9,13 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
 from service.core.settings import Settings, get_settings
 from service.store.db import Database
+
+if TYPE_CHECKING:
+    from service.store.keys import KeyInfo
+    from service.store.models import Tenant
 
 
 def _database() -> Database:
@@ -29,6 +34,88 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         tenant, key = create_key(uow.session, args.tenant)
         out = {"tenant": tenant.name, "api_key": key, "webhook_secret": tenant.webhook_secret}
     print(json.dumps(out))
+    return 0
+
+
+def _limit(kind: type[int] | type[float]) -> Callable[[str], float | None]:
+    """A limit's value on the command line: a non-negative number, or ``none`` for no limit."""
+
+    def parse(text: str) -> float | None:
+        if text.strip().lower() in ("none", "unlimited"):
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError("a limit is a finite number >= 0, or none")
+        return value
+
+    return parse
+
+
+def _grace(hours: float) -> timedelta:
+    if hours < 0:
+        raise SystemExit("--grace-hours must be >= 0")
+    return timedelta(hours=hours)
+
+
+def _tenant_view(tenant: Tenant, keys: list[KeyInfo], now: datetime) -> dict[str, Any]:
+    from service.store.keys import LIMITS
+
+    rotating = tenant.previous_webhook_secret_until
+    return {"tenant": tenant.name, "id": tenant.id, "created_at": tenant.created_at.isoformat(),
+            "limits": {name: getattr(tenant, name) for name in LIMITS},
+            "api_keys": [{"prefix": k.prefix, "created_at": k.created_at.isoformat(),
+                          "expires_at": k.expires_at.isoformat() if k.expires_at else None}
+                         for k in keys],
+            "previous_webhook_secret_until": rotating.isoformat()
+            if rotating and rotating > now else None}
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    """Every ``longdoc tenants`` subcommand: one short transaction, JSON on stdout; secrets
+    appear only in the output of the command that made them."""
+    from sqlalchemy import select
+
+    from service.store import keys
+    from service.store.keys import LIMITS
+    from service.store.models import Tenant, utcnow
+
+    now = utcnow()
+    try:
+        with _database().unit_of_work() as uow:
+            session = uow.session
+            if args.tenants_command == "list":
+                out: Any = [_tenant_view(t, keys.keys_of(session, t.id, now), now)
+                            for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+            elif args.tenants_command == "create":
+                tenant, key = keys.create_tenant(session, args.tenant)
+                out = {"tenant": tenant.name, "api_key": key,
+                       "webhook_secret": tenant.webhook_secret}
+            elif args.tenants_command == "set-limits":
+                given = {name: getattr(args, name) for name in LIMITS
+                         if getattr(args, name) is not _UNSET}
+                if not given:
+                    print("name at least one limit (longdoc tenants set-limits --help)",
+                          file=sys.stderr)
+                    return 2
+                tenant = keys.set_limits(session, args.tenant, given)
+                out = {"tenant": tenant.name, "limits": {n: getattr(tenant, n) for n in LIMITS}}
+            elif args.tenants_command == "rotate-key":
+                tenant, key, until = keys.rotate_key(session, args.tenant, _grace(args.grace_hours),
+                                                     now)
+                out = {"tenant": tenant.name, "api_key": key,
+                       "previous_keys_valid_until": until.isoformat()}
+            else:
+                tenant, until = keys.rotate_webhook_secret(session, args.tenant,
+                                                           _grace(args.grace_hours), now)
+                out = {"tenant": tenant.name, "webhook_secret": tenant.webhook_secret,
+                       "previous_secret_valid_until": until.isoformat()}
+    except keys.TenantError as exc:
+        print(f"longdoc tenants: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2 if args.tenants_command == "list" else None))
     return 0
 
 
@@ -220,6 +307,47 @@ def stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
             proc.wait(timeout=10)
 
 
+_UNSET = object()  # a limit not named on the command line stays as it is
+
+
+def add_tenant_commands(sub: Any) -> None:
+    tenants = sub.add_parser("tenants", help="tenants: keys, webhook secrets, quotas",
+                             description="Manage tenants. Keys and secrets are printed once, by "
+                             "the command that makes them; only their hashes (keys) are kept.")
+    cmds = tenants.add_subparsers(dest="tenants_command", required=True)
+    cmds.add_parser("list", help="every tenant with its limits and the first characters of its "
+                    "working keys (never a key or a secret)").set_defaults(func=cmd_tenants)
+    create = cmds.add_parser("create", help="create a tenant and its first API key (printed "
+                             "once, with its webhook secret)")
+    create.add_argument("--tenant", required=True, help="the new tenant's name")
+    create.set_defaults(func=cmd_tenants)
+    limits = cmds.add_parser("set-limits", help="set the tenant's quotas (exceeded: 429 "
+                             "quota_exceeded); limits not named stay as they are",
+                             description="Set quotas. A value of 'none' removes a limit. Windows "
+                             "are UTC days and UTC months; GET /v1/usage shows use against them.")
+    limits.add_argument("--tenant", required=True, help="the tenant's name")
+    for flag, kind, text in (
+            ("--max-concurrent-jobs", int, "jobs queued or running at once"),
+            ("--max-pages-per-day", int, "pages read by jobs started in a UTC day (counted when "
+             "a job is planned: its documents must have been ingested)"),
+            ("--max-tokens-per-day", int, "prompt + completion tokens in a UTC day (a new job is "
+             "refused when its planned prompts would pass it)"),
+            ("--max-usd-per-month", float, "model cost in US dollars in a UTC month (a new job is "
+             "refused when its estimated cost would pass it)")):
+        limits.add_argument(flag, type=_limit(kind), default=_UNSET, metavar="N|none",
+                            help=text)
+    limits.set_defaults(func=cmd_tenants)
+    for name, what in (("rotate-key", "a new API key (printed once); the tenant's other keys "
+                        "keep working for the grace period, then stop"),
+                       ("rotate-webhook-secret", "a new webhook secret (printed once); during "
+                        "the grace period deliveries are signed with the old and the new one")):
+        rotate = cmds.add_parser(name, help=what)
+        rotate.add_argument("--tenant", required=True, help="the tenant's name")
+        rotate.add_argument("--grace-hours", type=float, default=24.0,
+                            help="hours the old one stays valid (default 24; 0: it stops now)")
+        rotate.set_defaults(func=cmd_tenants)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="longdoc", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -227,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key (and the tenant if new)")
     create.add_argument("--tenant", required=True, help="tenant name (created if new)")
     create.set_defaults(func=cmd_keys_create)
+    add_tenant_commands(sub)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("calibration", help="predicted vs reported prompt tokens per model "
                    "(answered calls, extraction and merge)").set_defaults(func=cmd_calibration)

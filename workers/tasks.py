@@ -69,3 +69,8 @@ def run_sweep() -> None:
 @shared_task(name=Task.COLLECT_BLOBS.value)
 def collect_blobs() -> None:
     sweep.collect_blobs(context())
+
+
+@shared_task(name=Task.PURGE.value)
+def purge() -> None:
+    sweep.purge(context())

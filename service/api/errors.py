@@ -19,9 +19,11 @@ STATUS: dict[str, int] = {
     ErrorCode.JOB_NOT_SUCCEEDED: 409,
     ErrorCode.DOCUMENT_NOT_READY: 409,
     ErrorCode.DOCUMENT_FAILED: 409,
+    ErrorCode.DOCUMENT_IN_USE: 409,
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.FILE_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.NOT_READY: 503,
     # Everything else a request can be refused for is about its content: 422.
 }

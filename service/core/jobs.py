@@ -33,7 +33,8 @@ from service.core.sizing import AnswerSize, answer_size, lower_bound_calls, usab
 from service.core.tokens import count_text
 
 JOB_OPTIONS = ("mode", "merge", "image_detail", "pages_as_images", "max_tokens_per_call",
-               "max_output_tokens", "max_cost_usd", "plan", "pages", "citations")
+               "max_output_tokens", "max_cost_usd", "plan", "pages", "citations",
+               "retention_seconds", "delete_documents")
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # after the grace period, by a sweep this often.
     blob_gc_interval_s: float = 3600.0
     blob_gc_grace_s: float = 3600.0
+    # Documents are deleted this long after their upload, a job's data this long after it
+    # ended (a job's ``retention_seconds`` can shorten it); the purge runs this often.
+    retention_seconds: float = 30 * 86400.0
+    purge_interval_s: float = 5.0
 
     # Model endpoint. ``model_preset`` picks base URL and id; explicit values win.
     model_preset: str = ""

@@ -4,14 +4,19 @@ webhook may reach is decided in ``service.core.outbound``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from standardwebhooks import Webhook
 
 
-def signed_headers(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
-    signature = Webhook(secret).sign(msg_id, timestamp, body)
+def signed_headers(secret: str | Sequence[str], msg_id: str, timestamp: datetime,
+                   body: str) -> dict[str, str]:
+    """Standard Webhooks headers; with several secrets (a rotation's grace period) the
+    signature header carries one signature per secret, space-separated, as the spec allows."""
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    signature = " ".join(Webhook(key).sign(msg_id, timestamp, body) for key in keys)
     return {"webhook-id": msg_id, "webhook-timestamp": str(int(timestamp.timestamp())),
             "webhook-signature": signature, "content-type": "application/json",
             "user-agent": "longdoc-webhooks/1"}

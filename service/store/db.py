@@ -26,6 +26,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
+            # A deleted row's bytes are overwritten with zeros, not left in free pages of the
+            # file: deleted data is gone from the database file, not just unreachable.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         # Writers take the lock when the transaction starts, so a read-then-write transaction

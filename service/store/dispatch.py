@@ -16,14 +16,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, or_, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from schemas.tasks import Task
 from service.store.db import UnitOfWork
 from service.store.models import Chunk, ChunkStatus, Job, JobStatus, utcnow
 
-IN_FLIGHT = (ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
 _LOCK = 0x6C6F6E67  # "long": the advisory lock of the dispatcher on PostgreSQL
 
 
@@ -32,6 +31,16 @@ def _runnable(now: datetime) -> list[ColumnElement[bool]]:
             or_(Chunk.not_before.is_(None), Chunk.not_before <= now),
             or_(Chunk.lease_until.is_(None), Chunk.lease_until < now),
             Chunk.job_id.in_(select(Job.id).where(Job.status == JobStatus.RUNNING))]
+
+
+def _in_flight() -> ColumnElement[bool]:
+    """Chunks that hold a slot: those running, and those dispatched for a job still running. A
+    dispatched chunk of a job that was canceled or failed is never called (its task sees the
+    job has ended and leaves it), so it does not hold a slot until the sweep resets it: a
+    tenant canceling a large job frees the window at once."""
+    running_jobs = select(Job.id).where(Job.status == JobStatus.RUNNING)
+    return or_(Chunk.status == ChunkStatus.RUNNING,
+               and_(Chunk.status == ChunkStatus.DISPATCHED, Chunk.job_id.in_(running_jobs)))
 
 
 def fair_order(in_flight: dict[str, int], candidates: dict[str, list[str]], slots: int) -> list[str]:
@@ -67,7 +76,7 @@ def dispatch(uow: UnitOfWork, window: int) -> int:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
     now = utcnow()
     flying: dict[str, int] = {tenant: count for tenant, count in session.execute(
-        select(Chunk.tenant_id, func.count()).where(Chunk.status.in_(IN_FLIGHT))
+        select(Chunk.tenant_id, func.count()).where(_in_flight())
         .group_by(Chunk.tenant_id))}
     slots = window - sum(flying.values())
     if slots <= 0:

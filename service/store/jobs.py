@@ -49,8 +49,9 @@ def new_job(tenant_id: str, body: JobCreate, profile: str) -> Job:
     options = {k: getattr(body, k) for k in JOB_OPTIONS if getattr(body, k) is not None}
     options["citations"] = resolve_citations(body.json_schema, body.citations)
     return Job(id=new_id("job"), tenant_id=tenant_id, status=JobStatus.QUEUED,
-               schema=body.json_schema, instructions=body.instructions,
-               webhook_url=body.webhook_url, options=options, profile=profile)
+               document_ids=list(body.document_ids), schema=body.json_schema,
+               instructions=body.instructions, webhook_url=body.webhook_url, options=options,
+               profile=profile)
 
 
 def owned_documents(session: Session, tenant_id: str, ids: Sequence[str]) -> list[Document]:
@@ -76,9 +77,23 @@ def attach_documents(session: Session, job: Job, docs: Sequence[Document]) -> No
 
 
 def job_document_ids(session: Session, job_id: str) -> list[str]:
+    """The job's documents as it was created with them (a deleted document's id stays)."""
+    ids = session.scalar(select(Job.document_ids).where(Job.id == job_id))
+    if ids is not None:
+        return [str(i) for i in ids]
     return list(session.scalars(select(JobDocument.document_id)
                                 .where(JobDocument.job_id == job_id)
                                 .order_by(JobDocument.position)))
+
+
+def lock_documents(session: Session, tenant_id: str, ids: Sequence[str]) -> None:
+    """Holds the documents a new job reads until it commits (a delete waits, then sees the
+    job); one deleted since it was read is 404. SQLite serialises writers already."""
+    found = set(session.scalars(select(Document.id).where(
+        Document.id.in_(ids), Document.tenant_id == tenant_id).with_for_update(read=True)))
+    missing = next((i for i in ids if i not in found), None)
+    if missing is not None:
+        raise LongdocError(ErrorCode.NOT_FOUND, f"document {missing} not found")
 
 
 def job_documents(session: Session, job_id: str) -> list[Document]:
@@ -102,6 +117,7 @@ def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]
     job.status, job.started_at = JobStatus.RUNNING, now
     job.plan = plan_view(plan, document_ids)
     job.chunks_total, job.chunks_done = len(plan.chunks), 0
+    job.pages = plan_pages(plan)
     for i, chunk in enumerate(plan.chunks):
         # A job that learns first holds all but its first chunk until that answer is in.
         status = ChunkStatus.HELD if plan.hold and i > 0 else ChunkStatus.PENDING
@@ -111,6 +127,11 @@ def start_job(uow: UnitOfWork, job: Job, plan: Plan, document_ids: Sequence[str]
                               status=status))
     uow.session.flush()
     dispatch(uow, window)
+
+
+def plan_pages(plan: Plan) -> int:
+    """Pages a plan reads (a page cut into spans counts once)."""
+    return len({(p.document, p.page) for chunk in plan.chunks for p in chunk.parts})
 
 
 def lock_job(session: Session, job_id: str) -> Job:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -94,6 +95,15 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation, deliveries are signed with both secrets until this time (Standard
+    # Webhooks carries several signatures), so receivers can switch without losing events.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_webhook_secret_until: Mapped[datetime | None] = mapped_column()
+    # Quotas (``service.store.quotas``); None is no limit.
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_pages_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    max_tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    max_usd_per_month: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -104,6 +114,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the key is rotated out: it keeps working until then (the grace period).
+    expires_at: Mapped[datetime | None] = mapped_column()
 
 
 ID_PATTERN = r"^[a-z]{3}_[0-9a-f]{24}$"
@@ -138,7 +150,10 @@ class Document(Leased, Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the retention purge deletes it (``service.store.retention``): upload time plus
+    # LONGDOC_RETENTION_SECONDS, or sooner when a ``delete_documents`` job that read it ends.
+    purge_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -153,8 +168,14 @@ class DocumentBlob(Base):
 
 class Job(Leased, Base):
     __tablename__ = "jobs"
+    # Jobs whose use is not in the ledger yet (NULL first): what the purge charges, and per
+    # tenant what quotas add to the ledger.
+    __table_args__ = (Index("ix_jobs_charged_at_tenant_id", "charged_at", "tenant_id"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # The documents as the job was created with them: a document deleted later keeps its id
+    # here (its job_documents row goes with it).
+    document_ids: Mapped[list[Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     schema: Mapped[dict[str, Any]] = mapped_column(JSON)
     instructions: Mapped[str | None] = mapped_column(Text)
@@ -180,9 +201,15 @@ class Job(Leased, Base):
     waiting_since: Mapped[datetime | None] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Pages its plan reads (set when it starts): what the pages-per-day quota counts.
+    pages: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
-    finished_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Set by the retention purge once the job has ended and nothing of it is in flight: its use
+    # went into the tenant's ledger then, and its data is deleted at ``purge_at``.
+    charged_at: Mapped[datetime | None] = mapped_column()
+    purge_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class JobDocument(Base):
@@ -295,6 +322,20 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     type: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TenantUsage(Base):
+    """What a tenant's ended jobs used, per UTC day: the quotas' ledger. It holds numbers only,
+    so it outlives the jobs it counts (deleting a job gives no quota back)."""
+
+    __tablename__ = "tenant_usage"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
+    pages: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class WebhookAttempt(Base):

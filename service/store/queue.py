@@ -95,6 +95,7 @@ def make_celery(settings: Settings) -> Celery:
             "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s},
             "collect-blobs": {"task": Task.COLLECT_BLOBS.value,
                               "schedule": settings.blob_gc_interval_s},
+            "purge": {"task": Task.PURGE.value, "schedule": settings.purge_interval_s},
         },
         **(_amqp_options() if settings.broker_is_amqp else _redis_options(settings)),
     )

@@ -33,6 +33,7 @@ def document_out(doc: Document) -> DocumentOut:
         pages=doc.pages, pages_parsed=doc.pages_parsed, tokens=doc.tokens,
         text_tokens=text_tokens, image_tokens=image_tokens,
         error=_error(doc.error_code, doc.error_message), created_at=doc.created_at,
+        expires_at=doc.purge_at,
     )
 
 
@@ -58,7 +59,7 @@ def job_out(job: Job, document_ids: list[str]) -> JobOut:
                  if job.waiting_reason and job.waiting_since and job.status == JobStatus.RUNNING
                  else None),
         error=_error(job.error_code, job.error_message), created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at,
+        started_at=job.started_at, finished_at=job.finished_at, expires_at=job.purge_at,
     )
 
 

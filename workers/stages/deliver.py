@@ -11,6 +11,7 @@ from sqlalchemy import CursorResult, update
 from schemas.tasks import Task
 from service.core.logs import log
 from service.core.webhooks import signed_headers
+from service.store.keys import signing_secrets
 from service.store.models import (
     DeliveryStatus,
     Tenant,
@@ -42,12 +43,13 @@ def deliver_webhook(ctx: WorkerContext, delivery_id: str) -> None:
         delivery = uow.session.get(WebhookDelivery, delivery_id)
         tenant = uow.session.get(Tenant, delivery.tenant_id) if delivery else None
         assert delivery is not None and tenant is not None
-        url, payload, secret = delivery.url, delivery.payload, tenant.webhook_secret
+        url, payload, secrets = delivery.url, delivery.payload, signing_secrets(tenant)
     sent_at = utcnow()
-    outcome = ctx.sender.send(url, signed_headers(secret, delivery_id, sent_at, payload), payload)
+    outcome = ctx.sender.send(url, signed_headers(secrets, delivery_id, sent_at, payload), payload)
     with ctx.unit_of_work() as uow:
         delivery = uow.session.get(WebhookDelivery, delivery_id)
-        assert delivery is not None
+        if delivery is None:
+            return  # its job was deleted while the attempt was on its way
         uow.session.add(WebhookAttempt(delivery_id=delivery_id, attempted_at=sent_at,
                                        status_code=outcome.status_code, error=outcome.error,
                                        duration_ms=outcome.duration_ms))

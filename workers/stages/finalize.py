@@ -119,6 +119,8 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
             assert row is not None
             settle_call(uow.session, job, row, call, error, ctx.profile)
         if job.status != JobStatus.RUNNING or not holds(job):
+            if holds(job):
+                release(job)  # canceled meanwhile: not renewed forever (the purge waits for it)
             return
         release(job)
         if uow.session.get(Result, job_id) is None:

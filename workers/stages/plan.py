@@ -18,6 +18,7 @@ from service.store.jobs import (
 )
 from service.store.leases import claim, holds, release
 from service.store.models import DocumentStatus, Job, JobStatus
+from service.store.quotas import enforce, plan_demand
 from workers.context import WorkerContext
 from workers.parsing import ParseError
 from workers.stages.common import fail_job
@@ -51,6 +52,7 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
     ctx.keep_leases()
     spec = job_spec(job)
     plan: Plan | None = None
+    estimate: float | None = None
     try:
         if spec.options.get("pages_as_images"):
             for doc in docs:
@@ -58,17 +60,24 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
                     ensure_page_images(ctx, doc)
         plan = make_plan(spec, [document_pages(d) for d in docs], ctx.profile, settings,
                          ctx.storage)
-        check_cost(spec, plan, ctx.profile, settings)
+        estimate = check_cost(spec, plan, ctx.profile, settings)
         error = None
     except (LongdocError, ParseError) as exc:
         error = exc
     with ctx.unit_of_work() as uow:
         job = lock_job(uow.session, job_id)
         if job.status != JobStatus.QUEUED or not holds(job):
+            if holds(job):
+                release(job)  # canceled meanwhile: not renewed forever (the purge waits for it)
             return
         release(job)
         if error is not None or plan is None:
             assert error is not None
             fail_job(uow, job, error.code, error.message)
+            return
+        try:  # pages are known now: the tenant's quotas, under its lock
+            enforce(uow.session, job.tenant_id, plan_demand(plan, estimate), new_job=False)
+        except LongdocError as exc:
+            fail_job(uow, job, exc.code, exc.message)
             return
         start_job(uow, job, plan, [d.id for d in docs], settings.dispatch_window)

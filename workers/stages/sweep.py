@@ -1,8 +1,9 @@
 """What beat runs. Every few seconds, the recovery sweep: the database is the schedule, so
 whatever is runnable and unclaimed is sent again — an expired lease (its worker died) at once, a
 task sent long ago and never claimed (the broker lost it) after ``LONGDOC_REDISPATCH_S``. Then the
-free dispatch slots are filled and the webhook attempts that are due are sent. Now and then, the
-stored files no row refers to are collected.
+free dispatch slots are filled and the webhook attempts that are due are sent. Every few seconds
+too, the retention purge deletes what is due; now and then, the stored files no row refers to are
+collected.
 
 Each step is a short transaction over indexed columns (status, then lease and dispatch times):
 its cost does not grow with the jobs that have ended.
@@ -18,6 +19,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 from schemas.tasks import Task
 from service.core.logs import log
 from service.core.profiles import ModelProfile
+from service.store import retention
 from service.store.blobs import collect_unreferenced
 from service.store.db import UnitOfWork
 from service.store.dispatch import dispatch
@@ -156,3 +158,9 @@ def sweep(ctx: WorkerContext) -> None:
 
 def collect_blobs(ctx: WorkerContext) -> None:
     collect_unreferenced(ctx.db, ctx.storage, ctx.settings.blob_gc_grace_s)
+
+
+def purge(ctx: WorkerContext) -> None:
+    """Retention: ended jobs are charged and given their purge time, what is due is deleted
+    (``service.store.retention``)."""
+    retention.purge(ctx.db, ctx.storage, ctx.settings)

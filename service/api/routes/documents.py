@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -111,6 +112,7 @@ def _insert_document(services: Services, tenant_id: str, upload: UploadedFile, m
         # no row refers to, which the blob sweep removes.
         doc.sha256 = upload.commit()
         doc.dispatched_at = utcnow()
+        doc.purge_at = doc.dispatched_at + timedelta(seconds=services.settings.retention_seconds)
         uow.session.add(doc)
         uow.send(Task.INGEST_DOCUMENT, doc.id)
         uow.session.flush()

@@ -40,6 +40,7 @@ from service.store.jobs import (
     first_failed,
     job_document_ids,
     job_spec,
+    lock_documents,
     lock_job,
     new_job,
     owned_documents,
@@ -57,13 +58,15 @@ from service.store.models import (
     is_id,
     utcnow,
 )
+from service.store.quotas import enforce, job_demand
 from service.store.views import call_out, delivery_out, job_out, job_usage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(
     _401="unauthorized", _404="not_found",
     _409="job_not_succeeded, document_not_ready, document_failed",
     _422="invalid_request, invalid_schema, invalid_pages, webhook_url_not_allowed, "
-         "budget_exceeded, ..."))
+         "budget_exceeded, ...",
+    _429="quota_exceeded (POST /v1/jobs; Retry-After says when to try again)"))
 
 
 def _owned_job(session: Session, tenant: Tenant, job_id: str) -> Job:
@@ -128,10 +131,14 @@ def _create_job(body: JobCreate, tenant_id: str, session: Session, services: Ser
             out = DryRunOut(plan=Plan(**plan_view(plan, body.document_ids)),
                             estimated_cost_usd=round(estimate, 8), profile=job.profile)
             return JSONResponse(out.model_dump(mode="json"), status_code=200)
+    demand = job_demand(session, tenant_id, job_spec(job), plan, profile, settings) \
+        if plan is not None else None
     session.close()  # the checks are done: nothing of the read transaction is held while writing
     location = f"/v1/jobs/{job.id}"
     try:
         with services.unit_of_work() as uow:
+            lock_documents(uow.session, tenant_id, body.document_ids)  # none deleted meanwhile
+            enforce(uow.session, tenant_id, demand, new_job=True)  # counted under the tenant lock
             uow.session.add(job)
             uow.session.flush()
             attach_documents(uow.session, job, docs)
@@ -175,7 +182,8 @@ def list_jobs(tenant: CurrentTenant, session: SessionDep,
 def _job_view(db: Database, job_id: str) -> JobOut:
     with db.session(readonly=True) as session:
         job = session.get(Job, job_id)
-        assert job is not None
+        if job is None:
+            raise not_found("job")  # deleted while the client waited
         return job_out(job, job_document_ids(session, job.id))
 
 
