@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.review.conftest import db_rows, png
+from tests.adversarial.conftest import db_rows, png
 from tests.support.pdfgen import text_pdf
 from tests.support.stack import (
     TEST_REDIS_DB,
@@ -62,14 +62,20 @@ def test_a_canceled_job_gives_its_dispatch_slots_back(tmp_path: Path) -> None:
             wait_document(a, big["id"])
             wait_document(b, small["id"])
             s.kill("model")  # the chunks wait in the broker, as they do behind a busy worker
-            created = a.post("/v1/jobs", json={"document_ids": [big["id"]], "schema": SCHEMA,
-                                               "max_tokens_per_call": 4096, "max_output_tokens": 256})
-            assert created.status_code == 202, created.text
-            job_a = created.json()["id"]
-            chunks = db_rows(s, "SELECT status, count(*) FROM chunks WHERE job_id = ? GROUP BY status",
-                             (job_a,))
+            # Two jobs: each sends its first chunk alone (it learns the answer's size before
+            # the rest are sent), so together they fill the window of 2.
+            jobs_a = []
+            for _ in range(2):
+                created = a.post("/v1/jobs", json={"document_ids": [big["id"]], "schema": SCHEMA,
+                                                   "max_tokens_per_call": 4096,
+                                                   "max_output_tokens": 256})
+                assert created.status_code == 202, created.text
+                jobs_a.append(created.json()["id"])
+            chunks = db_rows(s, "SELECT status, count(*) FROM chunks WHERE job_id IN (?, ?) "
+                             "GROUP BY status", tuple(jobs_a))
             assert dict(chunks).get("dispatched") == 2, chunks
-            assert a.post(f"/v1/jobs/{job_a}/cancel").json()["status"] == "canceled"
+            for job_a in jobs_a:
+                assert a.post(f"/v1/jobs/{job_a}/cancel").json()["status"] == "canceled"
             s.start_worker("model", name="model-2")
             wait_until(s.broker_idle, 60, "the canceled job's messages to be consumed")
             job_b = b.post("/v1/jobs", json={"document_ids": [small["id"]],
@@ -78,10 +84,10 @@ def test_a_canceled_job_gives_its_dispatch_slots_back(tmp_path: Path) -> None:
                 victim: dict[str, Any] | str = wait_job(b, job_b, 30)
             except AssertionError:
                 victim = b.get(f"/v1/jobs/{job_b}").json()["status"]
-            held = db_rows(s, "SELECT count(*) FROM chunks WHERE job_id = ? AND status = 'dispatched'",
-                           (job_a,))[0][0]
+            held = db_rows(s, "SELECT count(*) FROM chunks WHERE job_id IN (?, ?) "
+                           "AND status = 'dispatched'", tuple(jobs_a))[0][0]
             assert held == 0 and isinstance(victim, dict), (
-                f"{held} chunks of the canceled job still 'dispatched' (the whole window); "
+                f"{held} chunks of the canceled jobs still 'dispatched' (the whole window); "
                 f"another tenant's one-call job 30 s later: "
                 f"{victim if isinstance(victim, str) else victim['status']}")
     finally:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.review.conftest import png
+from tests.adversarial.conftest import png
 from tests.support.stack import start_stack, upload, wait_document, wait_job, wait_until
 
 SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"}}}
@@ -91,12 +91,9 @@ def test_a_receiver_that_never_ends_its_answer_cannot_hold_a_worker(tmp_path: Pa
                 deliveries = client.get(f"/v1/jobs/{job_id}/webhooks").json()["deliveries"]
                 return list(deliveries[0]["attempts"]) if deliveries else []
 
-            deadline = time.monotonic() + 45
-            while time.monotonic() < deadline and not attempts():
-                time.sleep(0.5)
-            recorded = attempts()
-        assert recorded, (f"no attempt recorded 45 s after the job ended (timeout 3 s); the "
-                          f"receiver saw {receiver.connections} connections, all still open")
+            recorded = wait_until(attempts, 45, "an attempt recorded after the job ended "
+                                  f"(timeout 3 s; the receiver saw {receiver.connections} connections)")
+        assert recorded
     finally:
         receiver.close()
         s.stop()

@@ -9,7 +9,7 @@ from typing import Any
 from standardwebhooks import Webhook
 
 from schemas.tasks import Task
-from tests.review.conftest import RESULT_CAP, db_rows, png, send_by_hand
+from tests.adversarial.conftest import RESULT_CAP, db_rows, png, send_by_hand
 from tests.support.pdfgen import build_pdf
 from tests.support.stack import Stack, WebhookReceiver, upload, wait_document, wait_job, wait_until
 
@@ -18,20 +18,21 @@ SCHEMA = {"type": "object", "required": list(FIELDS),
           "properties": {name: {"type": "string"} for name in FIELDS}}
 
 
-def result_bytes(data: dict[str, Any], ensure_ascii: bool) -> int:
-    """The size of ``{"data", "warnings"}`` as finish_job measures it (ensure_ascii=False) or as
-    the event body carries it (json.dumps' default, ensure_ascii=True)."""
-    return len(json.dumps({"data": data, "warnings": []}, ensure_ascii=ensure_ascii).encode())
+def result_bytes(data: dict[str, Any], ensure_ascii: bool = True) -> int:
+    """The size of ``{"data", "warnings", "sources"}`` (citations off: ``sources`` is null)
+    as the event body carries it (``json.dumps``' default, ASCII escapes) or as UTF-8."""
+    return len(json.dumps({"data": data, "warnings": [], "sources": None},
+                          ensure_ascii=ensure_ascii).encode())
 
 
 def values_of_size(total: int, char: str = "x") -> dict[str, str]:
-    """Field values whose result measures ``total`` bytes (UTF-8, as the cap is checked)."""
-    base = result_bytes(dict.fromkeys(FIELDS, ""), ensure_ascii=False)
-    width = len(char.encode())
+    """Field values whose result measures ``total`` bytes as the event carries it."""
+    base = result_bytes(dict.fromkeys(FIELDS, ""))
+    width = len(json.dumps(char)) - 2
     room = (total - base) // width
     values = {name: char * (room // len(FIELDS)) for name in FIELDS}
     values[FIELDS[0]] += char * (room - sum(len(v) for v in values.values()))
-    assert result_bytes(values, ensure_ascii=False) == total, "choose a total the char divides"
+    assert result_bytes(values) == total, "choose a total the char divides"
     return values
 
 
@@ -45,6 +46,7 @@ def run_with_webhook(stack: Stack, tenant: dict[str, str], lines: list[str], sch
             wait_document(client, doc["id"])
             created = client.post("/v1/jobs", json={
                 "document_ids": [doc["id"]], "schema": schema, "webhook_url": receiver.url,
+                "citations": False,  # the result is data and warnings only: its size is known
                 **({"instructions": instructions} if instructions else {})})
             assert created.status_code == 202, created.text
             job = wait_job(client, created.json()["id"])
@@ -66,7 +68,7 @@ def test_a_result_exactly_at_the_cap_is_carried_and_one_byte_more_is_not(review:
         job, event, _ = run_with_webhook(review, keys["a"], [f"{k}: {v}" for k, v in values.items()],
                                          SCHEMA)
         assert job["result"]["data"] == values, "the sandbox filled the fields from the lines"
-        assert event["data"]["result_included"] is included, total
+        assert event["data"]["result_included"] is included, (total, job["result"])
         if included:
             assert event["data"]["result"]["data"] == job["result"]["data"]
         else:
@@ -74,21 +76,23 @@ def test_a_result_exactly_at_the_cap_is_carried_and_one_byte_more_is_not(review:
             assert event["data"]["result_url"] == f"/v1/jobs/{job['id']}/result"
 
 
-def test_a_non_ascii_result_within_the_cap_is_carried_within_the_cap(review: Stack, keys) -> None:
-    """FINDING (low): the cap is measured on ``ensure_ascii=False`` UTF-8, but the event body is
-    written with ``json.dumps``' default ``ensure_ascii=True``: "é" counts 2 bytes and travels
-    as 6 (``\\u00e9``), an astral character counts 4 and travels as 12. A result "within" the
-    cap reaches the receiver up to 3x larger than ``LONGDOC_WEBHOOK_MAX_RESULT_BYTES`` (which a
-    receiver may have sized its body limit on). One encoding for both fixes it."""
-    base = result_bytes(dict.fromkeys(FIELDS, ""), ensure_ascii=False)
-    values = values_of_size(RESULT_CAP - (RESULT_CAP - base) % 2, "é")
-    job, event, raw = run_with_webhook(review, keys["a"], [f"{k}: {v}" for k, v in values.items()],
-                                       SCHEMA)
-    assert job["result"]["data"] == values
-    assert event["data"]["result_included"] is True
-    carried = result_bytes(event["data"]["result"]["data"], ensure_ascii=True)
-    assert json.dumps(event["data"]["result"]["data"]["alpha"]) in raw, "escaped in the body"
-    assert carried <= RESULT_CAP, f"the result travels as {carried} bytes; the cap is {RESULT_CAP}"
+def test_a_non_ascii_result_is_measured_as_it_travels(review: Stack, keys) -> None:
+    """Was (low): the cap was measured on ``ensure_ascii=False`` UTF-8 while the body is written
+    with ASCII escapes: "é" counted 2 bytes and travelled as 6, so a result "within" the cap
+    reached the receiver up to 3x larger. Now the cap is measured on the body's own encoding:
+    a non-ASCII result that fits as it travels is carried; one escape more and it is not."""
+    base = result_bytes(dict.fromkeys(FIELDS, ""))
+    total = RESULT_CAP - (RESULT_CAP - base) % 6
+    for size, included in ((total, True), (total + 6, False)):
+        values = values_of_size(size, "é")
+        assert result_bytes(values, ensure_ascii=False) < RESULT_CAP, "fits as UTF-8 either way"
+        job, event, raw = run_with_webhook(review, keys["a"],
+                                           [f"{k}: {v}" for k, v in values.items()], SCHEMA)
+        assert job["result"]["data"] == values
+        assert event["data"]["result_included"] is included, size
+        if included:
+            assert json.dumps(event["data"]["result"]["data"]["alpha"]) in raw, "escaped in the body"
+            assert result_bytes(event["data"]["result"]["data"]) <= RESULT_CAP
 
 
 def test_job_failed_for_a_refusal_carries_our_message_not_the_models(review: Stack, keys) -> None:
