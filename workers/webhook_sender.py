@@ -18,6 +18,8 @@ class SendOutcome:
     error: str | None
     duration_ms: int
     retry: bool = True  # False: this delivery can never be attempted (a malformed URL)
+    # Without an answer: "blocked" (the address check refused it), "timeout" or "unreachable".
+    failure: str | None = None
 
 
 class WebhookSender:
@@ -30,13 +32,15 @@ class WebhookSender:
     def send(self, url: str, headers: dict[str, str], body: str) -> SendOutcome:
         started = time.monotonic()
 
-        def outcome(code: int | None, error: str | None, retry: bool = True) -> SendOutcome:
-            return SendOutcome(code, error, int((time.monotonic() - started) * 1000), retry)
+        def outcome(code: int | None, error: str | None, retry: bool = True,
+                    failure: str | None = None) -> SendOutcome:
+            return SendOutcome(code, error, int((time.monotonic() - started) * 1000), retry,
+                               failure)
 
         try:
             target = parse_url(url)
         except TargetRefused as exc:
-            return outcome(None, f"refused: {exc.message}", retry=False)
+            return outcome(None, f"refused: {exc.message}", retry=False, failure="blocked")
         timeout = {"connect": self.timeout_s, "read": self.timeout_s,
                    "write": self.timeout_s, "pool": self.timeout_s}
         try:
@@ -44,9 +48,11 @@ class WebhookSender:
                                          content=body.encode(), extensions={"timeout": timeout})
             return outcome(response.status, None)
         except TargetRefused as exc:
-            return outcome(None, f"refused: {exc.message}")
+            return outcome(None, f"refused: {exc.message}", failure="blocked")
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                 httpcore.UnsupportedProtocol, OSError) as exc:
-            return outcome(None, f"{type(exc).__name__}: {exc}"[:500])
+            failure = "timeout" if isinstance(exc, httpcore.TimeoutException) else "unreachable"
+            return outcome(None, f"{type(exc).__name__}: {exc}"[:500], failure=failure)
         except Exception as exc:  # noqa: BLE001 - recorded as a failed attempt, never a loop
-            return outcome(None, f"cannot be attempted: {type(exc).__name__}", retry=False)
+            return outcome(None, f"cannot be attempted: {type(exc).__name__}", retry=False,
+                           failure="unreachable")

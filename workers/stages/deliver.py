@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, update
 
 from schemas.tasks import Task
+from service import metrics
 from service.core.logs import log
 from service.core.webhooks import signed_headers
 from service.store.models import (
@@ -45,6 +46,8 @@ def deliver_webhook(ctx: WorkerContext, delivery_id: str) -> None:
         url, payload, secret = delivery.url, delivery.payload, tenant.webhook_secret
     sent_at = utcnow()
     outcome = ctx.sender.send(url, signed_headers(secret, delivery_id, sent_at, payload), payload)
+    metrics.WEBHOOK_ATTEMPTS.labels(metrics.webhook_outcome(outcome.status_code,
+                                                            outcome.failure)).inc()
     with ctx.unit_of_work() as uow:
         delivery = uow.session.get(WebhookDelivery, delivery_id)
         assert delivery is not None
