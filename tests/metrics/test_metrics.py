@@ -13,6 +13,8 @@ import io
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +319,20 @@ def test_metrics_answer_while_redis_is_down(stack: Stack) -> None:
     finally:
         stack.start_redis()
     assert api(stack).has("longdoc_queue_messages")
+
+
+def test_a_worker_whose_metrics_port_is_taken_still_works_and_says_so(stack: Stack) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack._spawn("cpu-taken", [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "cpu",
+            "-P", "prefork", "-c", "1", "-n", "cpu-taken@%h", "--without-gossip",
+            "--without-mingle", "--loglevel", "INFO"], env={"LONGDOC_METRICS_PORT": str(port)})
+        try:
+            stack.wait_worker("cpu-taken")
+            log = (stack.tmp / "cpu-taken.log").read_text()
+            assert '"metrics.server_failed"' in log and f'"port": {port}' in log
+        finally:
+            stack.kill("cpu-taken")
