@@ -96,6 +96,7 @@ def _drain(**_: Any) -> None:
                 handed = hand_back(uow.session)
             log.warning("worker.drain.handed_back", leases=handed)
         finally:
+            _remove_metrics_dir()  # os._exit skips atexit
             os._exit(0)
 
     threading.Thread(target=give_up, name="longdoc-drain", daemon=True).start()
