@@ -262,7 +262,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _wait_http(f"http://{settings.host}:{sandbox_port}/healthz", 60, procs)
     procs.append(subprocess.Popen(api_argv(settings.host, settings.port), env=env))
     procs.append(subprocess.Popen(worker_argv("cpu"), env=env))
-    procs.append(subprocess.Popen(worker_argv("model"), env=env))
+    # Two workers on one machine: the model worker serves its metrics on the next port.
+    model_metrics = str(settings.metrics_port + 1 if settings.metrics_port else 0)
+    procs.append(subprocess.Popen(worker_argv("model"),
+                                  env={**env, "LONGDOC_METRICS_PORT": model_metrics}))
     procs.append(subprocess.Popen(beat_argv(), env=env))
     url = f"http://{settings.host}:{settings.port}"
     try:
@@ -270,6 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         key, secret = dev_key(settings)
         print(f"\nlongdoc is running at {url}\n  OpenAPI docs: {url}/docs\n"
               f"  development API key (tenant 'dev'): {key}\n  webhook secret: {secret}\n"
+              f"  metrics: {url}/metrics, workers on ports {settings.metrics_port} (cpu) and "
+              f"{model_metrics} (model) (0: off)\n"
               f"  {sandbox_note or 'model: ' + settings.resolved_base_url}\n"
               "Press Ctrl-C to stop.\n", flush=True)
         stop = False

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
+
+from service.core.settings import get_settings
+
+# prometheus_client decides where a process keeps its values when it is first imported, so the
+# worker's private multiprocess directory is made before anything imports it (the tasks do).
+# Prefork children inherit it and the main process serves their sum (service/metrics.py).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+    prefix=f"longdoc-metrics-{os.getpid()}-", dir=get_settings().metrics_dir or None)
+
+import atexit
+import shutil
 import threading
 import time
 from typing import Any
@@ -10,13 +22,13 @@ from typing import Any
 from celery.signals import (
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_shutdown,
     worker_shutting_down,
 )
 
 from schemas.tasks import Queue
 from service.core.logs import configure_logging, log
-from service.core.settings import get_settings
 from service.store.db import Database
 from service.store.leases import hand_back
 from service.store.queue import make_celery
@@ -28,6 +40,36 @@ configure_logging(settings.log_level)
 app = make_celery(settings)
 app.conf.include = ["workers.tasks"]
 app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
+METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _remove_metrics_dir(owner: int = os.getpid()) -> None:
+    if os.getpid() == owner:  # not in a forked child that happens to exit through atexit
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+# A worker killed -9 leaves its directory behind: the next worker to start removes it.
+atexit.register(_remove_metrics_dir)
+
+
+@worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """The main process serves the sum of the worker's processes; every series it will report
+    exists from the start, at zero."""
+    from service import metrics
+
+    metrics.remove_stale_dirs(settings.metrics_dir or None)
+    queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+    metrics.start_series(queues, settings.model)
+    metrics.serve_worker_metrics(settings.host, settings.metrics_port)
+
+
+@worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    """A prefork child that exits leaves the live gauges (its counters stay in the sum)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid or os.getpid())
 
 
 @worker_init.connect
@@ -54,6 +96,7 @@ def _drain(**_: Any) -> None:
                 handed = hand_back(uow.session)
             log.warning("worker.drain.handed_back", leases=handed)
         finally:
+            _remove_metrics_dir()  # os._exit skips atexit
             os._exit(0)
 
     threading.Thread(target=give_up, name="longdoc-drain", daemon=True).start()

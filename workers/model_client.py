@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ import openai
 from openai import OpenAI
 
 from schemas.errors import LongdocError
+from service import metrics
 from service.core.logs import log
 from service.core.profiles import ModelProfile, fit_request, get_profile
 from service.core.settings import Settings
@@ -99,6 +102,40 @@ def _too_large(exc: openai.APIStatusError) -> str | None:
     return None
 
 
+def call_outcome(exc: BaseException) -> str:
+    """How one HTTP call ended, as ``longdoc_model_call_duration_seconds`` labels it."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 429:
+            return "rate_limited"
+        return "server_error" if exc.status_code >= 500 else "client_error"
+    if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection_error"
+    # A 200 whose body is not a chat completion: the endpoint's fault.
+    return "server_error"
+
+
+@contextmanager
+def _metered(model: str) -> Iterator[list[str]]:
+    """Counts the call in flight while it is, and times it under the outcome the caller sets
+    (``outcome[0]``) or the one its exception means."""
+    outcome = ["ok"]
+    in_flight = metrics.CALLS_IN_FLIGHT.labels(model)
+    in_flight.inc()
+    sent = time.monotonic()
+    try:
+        yield outcome
+    except BaseException as exc:
+        outcome[0] = call_outcome(exc)
+        if outcome[0] == "rate_limited":
+            metrics.RATE_LIMITED.labels(model).inc()
+        raise
+    finally:
+        in_flight.dec()
+        metrics.CALL_SECONDS.labels(model, outcome[0]).observe(time.monotonic() - sent)
+
+
 class ModelClient:
     def __init__(self, settings: Settings, limiter: RateLimiter | None = None,
                  profile: ModelProfile | None = None) -> None:
@@ -126,6 +163,7 @@ class ModelClient:
         deadline = started + self.settings.model_max_retry_s
         body = fit_request(self.profile, body)
         charge = max(prompt_tokens, int(body.get("max_completion_tokens") or 0))
+        model = self.profile.name
         attempt = 0
         while True:
             attempt += 1
@@ -135,13 +173,18 @@ class ModelClient:
                     waited = self.limiter.acquire(charge)
                 except TimeoutError as exc:
                     raise ModelCallFailed("rate_limited", str(exc)) from None
+                metrics.RATELIMIT_WAIT.labels(model).observe(waited)
                 if waited > 0.05:
                     log.info("model.call.throttled", waited_s=round(waited, 3), charge=charge)
             try:
-                # The SDK's generic post: its retries, errors and auth, without re-validating
-                # our already-typed body part by part (~3 ms a call) or building models.
-                raw = self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
-                result = self._result(raw, started, attempt)
+                with _metered(model) as outcome:
+                    # The SDK's generic post: its retries, errors and auth, without
+                    # re-validating our already-typed body part by part (~3 ms a call) or
+                    # building models.
+                    raw = self.client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+                    result = self._result(raw, started, attempt)
+                    outcome[0] = "length" if result.finish_reason == "length" else "ok"
+                self._count_usage(result)
                 if self.limiter is not None:
                     self.limiter.observe(result.headers)
                 return result
@@ -178,7 +221,18 @@ class ModelClient:
                                       f"the model did not answer after {attempt} attempts "
                                       f"(last: {reason})")
             log.info("model.call.retry", attempt=attempt, reason=reason, delay_s=round(delay, 3))
+            metrics.RETRIES.labels(model, outcome[0]).inc()
             time.sleep(delay)
+
+    def _count_usage(self, result: CallResult) -> None:
+        """Tokens and dollars as the endpoint reported them, priced as the job's cost is
+        (``settle_call``): the counters add up to the jobs' usage and ``cost_usd``."""
+        model = self.profile.name
+        metrics.TOKENS.labels(model, "prompt").inc(result.prompt_tokens)
+        metrics.TOKENS.labels(model, "cached").inc(result.cached_tokens)
+        metrics.TOKENS.labels(model, "completion").inc(result.completion_tokens)
+        metrics.COST.labels(model).inc(self.profile.cost_usd(
+            result.prompt_tokens, result.cached_tokens, result.completion_tokens))
 
     def _result(self, raw: httpx2.Response, started: float, attempts: int) -> CallResult:
         try:

@@ -5,13 +5,16 @@ cannot publish while the broker is down would be lost)."""
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
 from celery import Task as CeleryTask
 from celery import current_app, shared_task
+from celery.signals import task_postrun, task_prerun
 
 from schemas.tasks import Task
+from service import metrics
 from service.core.settings import get_settings
 from workers.context import WorkerContext
 from workers.stages import deliver, extract, finalize, ingest, plan, sweep
@@ -21,6 +24,27 @@ from workers.stages.common import Subject, record_failure
 @lru_cache
 def context() -> WorkerContext:
     return WorkerContext.build(get_settings(), current_app)
+
+
+_started: dict[str, float] = {}  # task id -> when it started (threads pool: many at once)
+
+
+@task_prerun.connect
+def _task_started(task_id: str | None = None, **_: Any) -> None:
+    if task_id is not None:
+        _started[task_id] = time.monotonic()
+
+
+@task_postrun.connect
+def _task_ended(task_id: str | None = None, task: Any = None, state: str | None = None,
+                **_: Any) -> None:
+    started = _started.pop(task_id or "", None)
+    name = getattr(task, "name", None)
+    if name is None:
+        return
+    metrics.TASKS.labels(name, metrics.task_outcome(state)).inc()
+    if started is not None:
+        metrics.TASK_SECONDS.labels(name).observe(time.monotonic() - started)
 
 
 class StageTask(CeleryTask):

@@ -30,6 +30,8 @@ class SendOutcome:
     error: str | None
     duration_ms: int
     retry: bool = True  # False: this delivery can never be attempted (a malformed URL)
+    # Without an answer: "blocked" (the address check refused it), "timeout" or "unreachable".
+    failure: str | None = None
 
 
 class _AttemptBackend(GuardedBackend):
@@ -70,13 +72,15 @@ class WebhookSender:
     def send(self, url: str, headers: dict[str, str], body: str) -> SendOutcome:
         started = time.monotonic()
 
-        def outcome(code: int | None, error: str | None, retry: bool = True) -> SendOutcome:
-            return SendOutcome(code, error, int((time.monotonic() - started) * 1000), retry)
+        def outcome(code: int | None, error: str | None, retry: bool = True,
+                    failure: str | None = None) -> SendOutcome:
+            return SendOutcome(code, error, int((time.monotonic() - started) * 1000), retry,
+                               failure)
 
         try:
             target = parse_url(url)
         except TargetRefused as exc:
-            return outcome(None, f"refused: {exc.message}", retry=False)
+            return outcome(None, f"refused: {exc.message}", retry=False, failure="blocked")
         backend = _AttemptBackend(self.allowed)
         watchdog = threading.Timer(self.timeout_s, backend.abort)
         watchdog.daemon = True
@@ -96,16 +100,18 @@ class WebhookSender:
                         break
                 return outcome(status, None)
         except TargetRefused as exc:
-            return outcome(None, f"refused: {exc.message}")
+            return outcome(None, f"refused: {exc.message}", failure="blocked")
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                 httpcore.UnsupportedProtocol, OSError) as exc:
             if status is not None:
                 return outcome(status, None)  # it answered; the rest of its body does not matter
             if backend.aborted:
-                return outcome(None, f"timed out after {self.timeout_s:.0f} s")
-            return outcome(None, f"{type(exc).__name__}: {exc}"[:500])
+                return outcome(None, f"timed out after {self.timeout_s:.0f} s", failure="timeout")
+            failure = "timeout" if isinstance(exc, httpcore.TimeoutException) else "unreachable"
+            return outcome(None, f"{type(exc).__name__}: {exc}"[:500], failure=failure)
         except Exception as exc:  # noqa: BLE001 - recorded as a failed attempt, never a loop
-            return outcome(None, f"cannot be attempted: {type(exc).__name__}", retry=False)
+            return outcome(None, f"cannot be attempted: {type(exc).__name__}", retry=False,
+                           failure="unreachable")
         finally:
             watchdog.cancel()
             pool.close()

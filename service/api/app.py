@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from schemas.errors import ErrorCode
 from service.api.deps import Services
 from service.api.errors import error_response, install_error_handlers
-from service.api.routes import deletion, documents, events, health, jobs, pages, ui, usage
+from service.api.http_metrics import HttpMetrics
+from service.api.routes import deletion, documents, events, health, jobs, metrics, pages, ui, usage
 from service.checks.startup import check_model_at_start
 from service.core.logs import configure_logging, log
 from service.core.profiles import get_profile
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(503, ErrorCode.NOT_READY, "file storage is unavailable; try again",
                               {"Retry-After": "5"})
 
-    for module in (health, documents, pages, jobs, events, deletion, usage):
+    for module in (health, documents, pages, jobs, events, deletion, usage, metrics):
         app.include_router(module.router)
     ui.install(app)
+    app.add_middleware(HttpMetrics)
     return app

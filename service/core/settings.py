@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     # RabbitMQ the vhost in LONGDOC_BROKER_URL separates instances instead.
     queue_prefix: str = ""
     task_max_attempts: int = 5
+    # Each worker serves Prometheus metrics at LONGDOC_HOST:metrics_port/metrics (0: none); the
+    # API serves them on its own port. A worker keeps its processes' values in a directory of
+    # its own under metrics_dir (default: the system's temporary directory), removed when it
+    # exits; never share metrics_dir between containers (their pids collide).
+    metrics_port: int = 9808
+    metrics_dir: str = ""
     visibility_timeout_s: int = 3600
     log_level: str = "INFO"
 

@@ -136,7 +136,7 @@ class Document(Leased, Base):
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(100))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(20), default=DocumentStatus.PROCESSING)
+    status: Mapped[str] = mapped_column(String(20), default=DocumentStatus.PROCESSING, index=True)
     pages: Mapped[int | None] = mapped_column(Integer)
     # Pages parsed so far while processing (ingestion reports it): the progress of a long parse.
     pages_parsed: Mapped[int | None] = mapped_column(Integer)

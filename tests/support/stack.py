@@ -96,6 +96,8 @@ class Stack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
     vhost: RabbitVhost | None = None
     bucket: str = ""
+    # Worker name to the port its /metrics is served on (each worker a port of its own).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> Stack:
         self.data_dir = self.tmp / "data"
@@ -178,10 +180,11 @@ class Stack:
     def stop_redis(self) -> None:
         self.kill("redis", signal.SIGTERM)
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:  # type: ignore[type-arg]
+    def _spawn(self, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -189,10 +192,12 @@ class Stack:
         pool = (["-P", "threads", "-c", str(self.model_concurrency)] if queue == "model"
                 else ["-P", "prefork", "-c", "2"])
         name = name or queue
+        self.metrics_ports[name] = free_port()
         proc = self._spawn(name, [
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue,
             *pool, "-n", f"{name}-{secrets.token_hex(3)}@%h", "--without-gossip",
-            "--without-mingle", "--loglevel", "INFO"])
+            "--without-mingle", "--loglevel", "INFO"],
+            env={"LONGDOC_METRICS_PORT": str(self.metrics_ports[name])})
         self.wait_worker(name)
         return proc
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, update
 
 from schemas.tasks import Task
+from service import metrics
 from service.core.logs import log
 from service.core.webhooks import signed_headers
 from service.store.keys import signing_secrets
@@ -46,6 +47,8 @@ def deliver_webhook(ctx: WorkerContext, delivery_id: str) -> None:
         url, payload, secrets = delivery.url, delivery.payload, signing_secrets(tenant)
     sent_at = utcnow()
     outcome = ctx.sender.send(url, signed_headers(secrets, delivery_id, sent_at, payload), payload)
+    metrics.WEBHOOK_ATTEMPTS.labels(metrics.webhook_outcome(outcome.status_code,
+                                                            outcome.failure)).inc()
     with ctx.unit_of_work() as uow:
         delivery = uow.session.get(WebhookDelivery, delivery_id)
         if delivery is None:

@@ -3,10 +3,12 @@ artifact, record the page index, then plan (or fail) the jobs that were waiting 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.tasks import Task
+from service import metrics
 from service.core.logs import log
 from service.core.pages import page_info, prompt_tokens, save_pages
 from service.core.secrets import unseal
@@ -83,8 +85,12 @@ def ingest_document(ctx: WorkerContext, document_id: str) -> None:
         try:
             # The password is forgotten after this: render every page now, in case a job
             # reads them as images later.
+            started = time.monotonic()
             outcome = parse_in_child(ctx, doc, password, render_all=bool(password),
                                      progress=record_pages_parsed(ctx, document_id))
+            kind = metrics.ingest_kind(doc.media_type)
+            metrics.INGEST_SECONDS.labels(kind).observe(time.monotonic() - started)
+            metrics.INGEST_PAGES.labels(kind).inc(len(outcome["index"]))
         except ParseError as exc:
             error = (exc.code, exc.message)
     with ctx.unit_of_work() as uow:
