@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LONGDOC_", extra="ignore",
                                       hide_input_in_errors=True)
 
-    env: str = "development"
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path(".longdoc")
