@@ -51,7 +51,8 @@ lint: setup
 	$(BIN)/mypy
 
 # Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each
-# (overhead and latency once per backend: local files or S3, Redis or RabbitMQ).
+# (overhead and latency once per backend: local files or S3, Redis or RabbitMQ), then fairness,
+# hostile requests, recovery and the cost of metrics.
 bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
@@ -63,6 +64,10 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput ratelimit
 	$(BIN)/python -m bench.throughput s3read
 	$(BIN)/python -m bench.fairness
+	$(BIN)/python -m bench.hostile
+	$(BIN)/python -m bench.recovery kill
+	$(BIN)/python -m bench.recovery sweep
+	$(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV) .longdoc .pytest_cache .ruff_cache
