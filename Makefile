@@ -41,10 +41,13 @@ run: setup services
 	LONGDOC_URL_ALLOWED_NETWORKS="$${LONGDOC_URL_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}" \
 		$(BIN)/longdoc run
 
+# Test files are spread over TEST_WORKERS processes (a file's tests stay together: its stack
+# is started once); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup test-services browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 lint: setup
 	$(BIN)/ruff check .
