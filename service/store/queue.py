@@ -17,6 +17,7 @@ from celery.signals import worker_init
 from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
+from kombu.transport import redis as kombu_redis
 
 from schemas.tasks import Queue, Send, Task
 from service.core.logs import log
@@ -25,8 +26,34 @@ from service.core.settings import Settings
 EXCHANGE = "longdoc"
 
 
+class _RedisQoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> Any:
+        try:
+            return super().restore_unacked(client)
+        except AttributeError:
+            # When Redis goes away while a worker holds unacknowledged messages, kombu (5.7)
+            # closes the channel after the connection it would restore them through is gone
+            # (``_connparams`` reads ``connection.client``, now None). The AttributeError gets
+            # past kombu's ``ignore_errors`` and ends the worker ("Unrecoverable error"): a
+            # Redis blip would take a worker with it. The messages are still in Redis's unacked
+            # hash, restored after the visibility timeout; the sweep sends their work sooner.
+            log.warning("queue.restore_unacked_failed", messages=len(self._delivered))
+            return None
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, surviving a Redis outage with messages unacknowledged."""
+
+    Channel = _RedisChannel
+
+
 def _redis_options(settings: Settings) -> dict[str, Any]:
     return {
+        "broker_transport": f"{__name__}:RedisTransport",
         "task_queues": [KombuQueue(q.value) for q in Queue],
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
