@@ -48,11 +48,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
-def wait_http(url: str, timeout: float, procs: list[subprocess.Popen] | None = None) -> None:  # type: ignore[type-arg]
+def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
     def ok() -> bool:
         for proc in procs or []:
             if proc.poll() is not None:
-                raise AssertionError(f"process exited while starting: {proc.args}")
+                raise AssertionError(f"process exited while starting: {proc.args!r}")
         try:
             return httpx.get(url, timeout=1).status_code < 500
         except httpx.HTTPError:
@@ -93,7 +93,7 @@ class Stack:
     broker: str = "redis"
     # Files in a bucket of this stack's own on this S3 server instead of the data dir.
     s3: S3Server | None = None
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # type: ignore[type-arg]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     vhost: RabbitVhost | None = None
     bucket: str = ""
     # Worker name to the port its /metrics is served on (each worker a port of its own).
@@ -181,14 +181,14 @@ class Stack:
         self.kill("redis", signal.SIGTERM)
 
     def _spawn(self, name: str, argv: list[str],
-               env: dict[str, str] | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(argv, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
-    def start_worker(self, queue: str, name: str | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+    def start_worker(self, queue: str, name: str | None = None) -> subprocess.Popen[bytes]:
         pool = (["-P", "threads", "-c", str(self.model_concurrency)] if queue == "model"
                 else ["-P", "prefork", "-c", "2"])
         name = name or queue
@@ -244,6 +244,10 @@ class Stack:
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
             proc.wait(timeout=30)
+
+    def pause(self, name: str, paused: bool = True) -> None:
+        """Stops a process group (SIGSTOP) or lets it go on (SIGCONT): alive, but doing nothing."""
+        os.killpg(self.procs[name].pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def stop(self) -> None:
         for name in list(self.procs):

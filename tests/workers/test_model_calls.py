@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -20,10 +23,10 @@ def png(seed: int = 0, size=(640, 480)) -> bytes:
     return out.getvalue()
 
 
-def submit(client, doc_id: str, **options) -> str:  # type: ignore[no-untyped-def]
+def submit(client: httpx.Client, doc_id: str, **options: Any) -> str:
     response = client.post("/v1/jobs", json={"document_ids": [doc_id], "schema": SCHEMA, **options})
     assert response.status_code == 202, response.text
-    return response.json()["id"]
+    return str(response.json()["id"])
 
 
 def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
@@ -53,6 +56,37 @@ def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
             assert job["cost_usd"] == pytest.approx(unknown["cost_usd"] + answered["cost_usd"])
             assert s.sandbox_stats()["requests"] == 2
             assert client.get(f"/v1/jobs/{job_id}/result").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_a_worker_presumed_dead_that_answers_after_all_has_its_answer_used(tmp_path: Path) -> None:
+    """A worker too slow to renew its lease (here: stopped mid-call) loses its chunk to the
+    sweep, which sends it again. The answer it then brings back was paid for: it is used, and
+    the chunk is not asked again."""
+    s = start_stack(tmp_path, env_extra={"LONGDOC_VISIBILITY_TIMEOUT_S": "3600"},
+                    sandbox_args=["--ttft-s", "2.5"])
+    try:
+        with s.client(s.create_key("slow")["api_key"]) as client:
+            doc = upload(client, "a.png", data=png()).json()
+            wait_document(client, doc["id"])
+            job_id = submit(client, doc["id"])
+            wait_until(lambda: s.sandbox_stats()["in_flight"] >= 1, 30, "the model call to start")
+            s.pause("model")  # alive, but renews nothing and records nothing
+            try:
+                wait_until(lambda: [c["status"] for c in client.get(
+                    f"/v1/jobs/{job_id}/calls").json()["calls"]] == ["unknown"], 60,
+                    "the sweep to presume the worker dead and book its call as unknown")
+            finally:
+                s.pause("model", paused=False)
+            job = wait_job(client, job_id, 90)
+            assert job["status"] == "succeeded", job
+            first, *others = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+            assert first["status"] == "answered" and first["answer_used"], first
+            assert first["error"] is None, "answered after all: no longer presumed lost"
+            # Its result is the first call's answer; a call sent again meanwhile is not used.
+            assert not any(c["answer_used"] for c in others), others
+            assert job["usage"]["unknown_calls"] == 0 and not job["cost_is_estimate"]
     finally:
         s.stop()
 

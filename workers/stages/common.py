@@ -111,6 +111,7 @@ def settle_call(session: Session, job: Job, row: ModelCall, call: CallResult | N
         return
     cost = profile.cost_usd(call.prompt_tokens, call.cached_tokens, call.completion_tokens)
     row.status, row.model, row.status_code = CallStatus.ANSWERED, call.model, 200
+    row.error = None  # answered after all (the sweep had presumed its worker dead)
     row.finish_reason, row.latency_ms = call.finish_reason, call.latency_ms
     row.prompt_tokens, row.cached_tokens = call.prompt_tokens, call.cached_tokens
     row.completion_tokens, row.cost_usd = call.completion_tokens, cost

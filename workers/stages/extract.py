@@ -284,6 +284,10 @@ def outage_delay(elapsed_s: float) -> float:
     return min(120.0, max(5.0, elapsed_s))
 
 
+# A chunk taken back from a worker presumed dead is open until someone finishes it.
+LATE_ANSWER_TAKEN = (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
+
+
 def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
     settings = ctx.settings
     with ctx.unit_of_work() as uow:
@@ -350,7 +354,13 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
         # On the books whatever happens to the chunk: the endpoint answered (or not).
         settle_call(uow.session, job, row, call, failure.message if failure else None, ctx.profile)
         if chunk.status != ChunkStatus.RUNNING or not holds(chunk):
-            return  # taken over by another worker (this one was presumed dead): not applied
+            # This worker was presumed dead (its lease ran out) and the chunk was sent again.
+            # A paid answer is still used while nobody has finished the chunk; a call sent again
+            # meanwhile then finds it done. Anything else is the new holder's to decide.
+            if not (chunk.status in LATE_ANSWER_TAKEN and job.status == JobStatus.RUNNING
+                    and reading is not None):
+                return
+            log.info("job.chunk.late_answer", job_id=job.id, chunk_id=chunk.id)
         release(chunk)
         if job.status != JobStatus.RUNNING:
             chunk.status = ChunkStatus.CANCELED
