@@ -57,9 +57,12 @@ def main() -> None:
                     for _ in range(args.repeat):
                         jobs = backlog(client_a, big, size) if size else []
                         if jobs:
-                            done = chunk_counts(stack, tenant_a).get("done", 0)
-                            wait_until(lambda d=done: chunk_counts(stack, tenant_a).get("done", 0)
-                                       >= d + WINDOW, 300, "A's calls under way")
+                            target = chunk_counts(stack, tenant_a).get("done", 0) + WINDOW
+
+                            def under_way(target: int = target) -> bool:
+                                return chunk_counts(stack, tenant_a).get("done", 0) >= target
+
+                            wait_until(under_way, 300, "A's calls under way")
                         wait = one_page_job(stack, client_b, one, tenant_a)
                         runs.append(wait)
                         if jobs:

@@ -11,7 +11,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.core.settings import get_settings
 from service.core.tokens import count_text, get_encoding
@@ -21,10 +23,11 @@ from tests.support.pdfgen import build_pdf, scan_jpeg, text_pdf
 from workers.isolation import ChildUsage, run_isolated
 from workers.parsing import ParseError, PdfOptions, parse_document
 
-LIMITS = {"cpu_s": 300, "memory_bytes": 2 << 30, "wall_s": 600}  # the baselines: no memory cap
+# The baselines: no memory cap.
+LIMITS: dict[str, Any] = {"cpu_s": 300, "memory_bytes": 2 << 30, "wall_s": 600}
 
 
-def child_peak(fn) -> tuple[object, float, ChildUsage]:  # type: ignore[no-untyped-def]
+def child_peak(fn: Callable[[], object]) -> tuple[object, float, ChildUsage]:
     """Runs fn as the worker does (default limits); returns (outcome, seconds, usage)."""
     settings = get_settings()
     usage = ChildUsage()
@@ -50,7 +53,7 @@ def pypdf_pipeline(path: Path) -> int:
     return sum(count_text((page.extract_text() or "").replace("\r\n", "\n")) for page in reader.pages)
 
 
-def best_of(n: int, fn) -> tuple[object, float]:  # type: ignore[no-untyped-def]
+def best_of(n: int, fn: Callable[[], object]) -> tuple[object, float]:
     times, value = [], None
     for _ in range(n):
         started = time.perf_counter()
@@ -80,12 +83,12 @@ def full_decode(path: Path) -> None:
 
     from workers.parsing import encode_jpeg, useful_size
 
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
         encode_jpeg(img.resize(useful_size(*img.size), Image.Resampling.BICUBIC, reducing_gap=2.0))
 
 
-def best_time(n: int, fn) -> float:  # type: ignore[no-untyped-def]
+def best_time(n: int, fn: Callable[[], object]) -> float:
     times = []
     for _ in range(n):
         started = time.perf_counter()

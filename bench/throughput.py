@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from bench.plot import line_plot
@@ -127,7 +128,7 @@ def failed(stack: Stack) -> list[tuple[str, str]]:
         db.close()
 
 
-def run_jobs(stack: Stack, client, doc_ids: list[str], count: int, timeout: float,  # type: ignore[no-untyped-def]
+def run_jobs(stack: Stack, client: httpx.Client, doc_ids: list[str], count: int, timeout: float,
              interval: float = 0.05) -> tuple[float, set[str]]:
     started = time.perf_counter()
     ids = set()
@@ -140,7 +141,7 @@ def run_jobs(stack: Stack, client, doc_ids: list[str], count: int, timeout: floa
     return time.perf_counter() - started, ids
 
 
-def prepare(stack: Stack, documents: list[bytes]) -> tuple[object, list[str]]:
+def prepare(stack: Stack, documents: list[bytes]) -> tuple[httpx.Client, list[str]]:
     client = stack.client(stack.create_key("bench")["api_key"])
     docs = [upload(client, f"d{i}.png", data=data).json()["id"] for i, data in enumerate(documents)]
     for doc_id in docs:
@@ -252,7 +253,7 @@ def ratelimit(args: argparse.Namespace) -> None:
                 time.sleep(1)
             stats = stack.sandbox_stats()
             done = [(t - started, n) for t, n in stats["completions"]]
-            per_minute = []
+            per_minute: list[tuple[float, float]] = []
             for second in range(60, int(seconds) + 1, 5):  # sliding one-minute windows
                 per_minute.append((second, sum(n for t, n in done if second - 60 <= t < second)))
             steady = [n for s, n in per_minute if s >= 120]

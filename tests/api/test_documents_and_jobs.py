@@ -183,7 +183,7 @@ def test_failing_webhook_receiver_gets_the_event_with_the_same_id(db_stack: Stac
             assert len(ids) == 1
             assert all(r.verified is not None for r in receiver.received), "signature must verify"
             event = receiver.received[-1].verified
-            assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
+            assert event is not None and event["type"] == "job.succeeded" and event["data"]["id"] == job_id
             deliveries = wait_until(
                 lambda: [d for d in client.get(f"/v1/jobs/{job_id}/webhooks").json()["deliveries"]
                          if d["status"] == "delivered"], 10, "the delivery to be recorded")
@@ -207,7 +207,8 @@ def test_failed_job_sends_job_failed(db_stack: Stack, keys) -> None:
             # Our words, not the model's (its refusal is free text and may quote the document).
             assert job["error"]["message"] == "the model refused to extract from these pages"
             wait_until(lambda: receiver.received, 30, "the job.failed event")
-            assert receiver.received[0].verified["type"] == "job.failed"
+            failed = receiver.received[0].verified
+            assert failed is not None and failed["type"] == "job.failed"
     finally:
         receiver.close()
 

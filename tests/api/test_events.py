@@ -125,7 +125,7 @@ def test_long_poll_answers_when_the_job_changes_and_ends_with_its_final_state(
     job = client.post("/v1/jobs", json={"document_ids": [doc["id"]], "schema": SCHEMA}).json()
     # Each request may wait 60 s but must be answered by the job's next change: a long-poll that
     # ignored changes would run into the 20 s read timeout.
-    seen = []
+    seen: list[str] = []
     while not seen or seen[-1] not in ("succeeded", "failed", "canceled"):
         response = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60},
                               timeout=httpx.Timeout(20))

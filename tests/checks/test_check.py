@@ -27,9 +27,10 @@ class Processes:
     """Processes this test started, each in its own session, stopped at the end."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp, self.procs = tmp, []  # type: ignore[var-annotated]
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:  # type: ignore[type-arg]
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -216,7 +217,7 @@ def test_the_api_and_model_workers_refuse_a_model_the_endpoint_reports_shut_down
     api = procs.spawn("api", api_argv(free_port()), env)
     model = procs.spawn("model", worker_argv("model"), env)
     for name, proc in (("api", api), ("model", model)):
-        code = wait_until(lambda p=proc: p.poll(), 90, f"the {name} process to refuse to start")
+        code = wait_until(proc.poll, 90, f"the {name} process to refuse to start")
         assert code != 0
         log = procs.log(name)
         assert "refusing to start" in log and "shut down on 2026-10-23" in log, log

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 
 import httpx
 import jsonschema
@@ -120,7 +121,7 @@ class _BreakAfter(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         seen = 0
-        for chunk in self.response.stream:  # type: ignore[union-attr]
+        for chunk in cast(Iterable[bytes], self.response.stream):
             yield chunk
             seen += chunk.count(b"\nid: ") + chunk.startswith(b"id: ")
             if seen >= self.events:

@@ -157,8 +157,9 @@ class Cluster:
             self.s3.stop()
         if getattr(self, "pg", None) is not None:
             self.pg.drop()
-        if getattr(self, "vhost", None) is not None:
-            self.vhost.delete()
+        vhost = getattr(self, "vhost", None)
+        if vhost is not None:
+            vhost.delete()
         if getattr(self, "queue_prefix", None):
             client = redis.Redis(port=6379, db=TEST_REDIS_DB, socket_timeout=5)
             try:

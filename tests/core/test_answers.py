@@ -117,7 +117,7 @@ def test_covered_tokens_count_the_pages_before_the_resume_and_half_of_it() -> No
 
 def test_locating_thousands_of_paraphrased_items_stays_within_a_few_passes() -> None:
     """Unbounded, 3,000 unfound items over ~1.2 MB of text would scan gigabytes."""
-    pages = [f"Ledger page {p}\n" + "bolts nuts washers " * 600 for p in range(100)]
+    pages: list[str | None] = [f"Ledger page {p}\n" + "bolts nuts washers " * 600 for p in range(100)]
     text = ChunkText([(1, p) for p in range(100)], pages)
     items = {"rows": [{"n": f"paraphrased item {i}"} for i in range(3000)]}
     assert locate_items(items, text) == {"/rows": [None] * 3000}

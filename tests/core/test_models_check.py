@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from service.core.models_check import Level, compare, find_model, parse_models
+from service.core.models_check import Level, ModelReport, compare, find_model, parse_models
 from service.core.profiles import get_profile
 
 TODAY = date(2026, 11, 26)
@@ -15,7 +15,7 @@ OPENAI = "https://api.openai.com/v1"
 OPPER = "https://api.opper.ai/v3/compat"
 
 
-def codes(report) -> set[str]:  # type: ignore[no-untyped-def]
+def codes(report: ModelReport) -> set[str]:
     return {f.code for f in report.findings}
 
 

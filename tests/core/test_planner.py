@@ -109,20 +109,21 @@ def test_a_page_larger_than_a_call_is_split_at_paragraphs_in_order() -> None:
     parts = split_text_page(1, 7, text, total // 3)
     assert len(parts) in (3, 4)
     assert all(p.tokens <= total // 3 for p in parts)
-    spans = [p.span for p in parts]
+    spans = [p.span for p in parts if p.span is not None]
+    assert len(spans) == len(parts), "every part of a split page has its span"
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)), "contiguous, in order"
     for start, _ in spans[1:]:
         assert text[start - 2:start] == "\n\n", "cut at a paragraph boundary"
-    for part in parts:  # exact accounting, header included
-        assert part.tokens == count_text(page_header(1, 7, part.part) + text[part.span[0]:part.span[1]])
+    for part, (start, end) in zip(parts, spans, strict=True):  # exact accounting, header included
+        assert part.tokens == count_text(page_header(1, 7, part.part) + text[start:end])
 
 
 def test_a_single_paragraph_is_split_at_sentences() -> None:
     text = " ".join(f"Sentence number {i} of one very long paragraph." for i in range(2000))
     parts = split_text_page(1, 1, text, count_text(text) // 4)
     for part in parts[1:]:
-        assert text[part.span[0] - 2] == "."
+        assert part.span is not None and text[part.span[0] - 2] == "."
 
 
 def test_oversized_pages_are_split_while_planning() -> None:

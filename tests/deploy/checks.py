@@ -45,7 +45,7 @@ def compose_schema() -> dict[str, Any]:
     return schema
 
 
-def schema_errors(doc: object) -> list[str]:
+def schema_errors(doc: Any) -> list[str]:
     schema = compose_schema()
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
@@ -185,7 +185,7 @@ class Compose:
     def replicas(self, service: str) -> int:
         spec = self.services[service]
         replicas = (spec.get("deploy") or {}).get("replicas", spec.get("scale", 1))
-        return int(replicas)
+        return int(replicas or 1)
 
 
 def _builds_runtime(spec: Doc) -> bool:

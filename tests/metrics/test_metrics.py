@@ -41,12 +41,15 @@ SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"typ
 MODEL = "gpt-4.1-nano"
 
 
+# Which process of the stack serves each queue now (a test restarts workers under new names).
+SERVING: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("metrics"), private_redis=True,
                     env_extra={"LONGDOC_RATE_LIMIT_RPM": "1000000"})
-    # Which process serves each queue now (a test restarts workers under new names).
-    s.workers = {"cpu": "cpu", "model": "model"}  # type: ignore[attr-defined]
+    SERVING.update(cpu="cpu", model="model")
     yield s
     s.stop()
 
@@ -67,7 +70,7 @@ def api(stack: Stack) -> Scrape:
 
 
 def worker(stack: Stack, queue: str) -> Scrape:
-    name = stack.workers[queue]  # type: ignore[attr-defined]
+    name = SERVING[queue]
     return scrape(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics")
 
 
@@ -246,7 +249,7 @@ def test_queue_depth_counts_a_backlog_until_a_worker_takes_it(
     assert waiting
     assert api(stack).value("longdoc_queue_messages", queue="model") == 0
     stack.start_worker("cpu", name="cpu-2")
-    stack.workers["cpu"] = "cpu-2"  # type: ignore[attr-defined]
+    SERVING["cpu"] = "cpu-2"
     for doc_id in docs:
         assert wait_document(client, doc_id)["status"] == "ready"
     wait_until(lambda: api(stack).value("longdoc_queue_messages", queue="cpu") == 0, 30,
@@ -272,7 +275,7 @@ def test_a_killed_prefork_child_keeps_its_counts_in_the_sum(
     before = worker(stack, "cpu")
     pages = before.value("longdoc_ingest_pages_total", kind="pdf")
     assert pages >= 6
-    main = stack.procs[stack.workers["cpu"]].pid  # type: ignore[attr-defined]
+    main = stack.procs[SERVING["cpu"]].pid
     children = _children(main)
     assert len(children) == 2, children
     for pid in children:
@@ -293,13 +296,13 @@ def test_a_killed_model_worker_leaves_no_call_in_flight(stack: Stack, client: ht
     job_id = submit(client, doc["id"], instructions="in flight")
     wait_until(lambda: worker(stack, "model").value("longdoc_model_calls_in_flight",
                                                     model=MODEL) == 1, 30, "the call in flight")
-    dead = stack.procs[stack.workers["model"]].pid  # type: ignore[attr-defined]
+    dead = stack.procs[SERVING["model"]].pid
     own_dir = glob.glob(os.path.join(tempfile.gettempdir(), f"longdoc-metrics-{dead}-*"))
     assert len(own_dir) == 1, "the worker keeps its values in a directory of its own"
-    stack.kill(stack.workers["model"])  # type: ignore[attr-defined]
+    stack.kill(SERVING["model"])
     stack.sandbox()
     stack.start_worker("model", name="model-2")
-    stack.workers["model"] = "model-2"  # type: ignore[attr-defined]
+    SERVING["model"] = "model-2"
     assert not os.path.exists(own_dir[0]), "the dead worker's directory is removed"
     assert worker(stack, "model").value("longdoc_model_calls_in_flight", model=MODEL) == 0
     assert wait_job(client, job_id, 60)["status"] == "succeeded"

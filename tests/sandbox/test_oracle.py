@@ -30,7 +30,7 @@ PAGES = ["Document 1, page 1\nInvoice list\nINV-0001 widgets 10.00\nINV-0002 bol
          "Document 1, page 2\nINV-0003 nuts 30.00\n",
          "Document 2, page 1\nSold by Acme Corp, Springfield\n"]
 # Out of page order on purpose, values with keys out of schema order, one entry on no page.
-ORACLE = [
+ORACLE: list[dict[str, Any]] = [
     {"match": "INV-0003", "path": "/items/-", "value": {"amount": 30, "number": "INV-0003"}},
     {"match": "Acme Corp", "path": "/vendor", "value": "Acme Corporation"},
     {"match": "INV-0001", "path": "/items/-", "value": {"amount": 10, "number": "INV-0001"}},
@@ -115,7 +115,7 @@ def test_citations_name_the_page_and_quote_the_match_of_every_leaf(oracle_url: s
 
 LEDGER_PAGES = [f"Document 1, page {p}\n" + "".join(
     f"ROW-{10 * (p - 1) + i:03d} item {i}\n" for i in range(10)) for p in range(1, 5)]
-LEDGER_ORACLE = [{"match": f"ROW-{n:03d}", "path": "/items/-",
+LEDGER_ORACLE: list[dict[str, Any]] = [{"match": f"ROW-{n:03d}", "path": "/items/-",
                   "value": {"number": f"ROW-{n:03d}", "amount": n}} for n in range(40)]
 
 

@@ -54,11 +54,11 @@ def test_messages_must_be_given_and_not_empty(nano: str) -> None:
 
 @pytest.mark.parametrize("param", ["max_completion_tokens", "max_tokens"])
 def test_an_output_cap_above_the_models_is_too_large(nano: str, param: str) -> None:
-    error = error_of(chat(nano, schema_body("hi", **{param: 32_769})))
+    error = error_of(chat(nano, schema_body("hi", None, **{param: 32_769})))
     assert error == {"message": f"{param} is too large: 32769. This model supports at most 32768 "
                                 "completion tokens, whereas you provided 32769.",
                      "type": "invalid_request_error", "param": param, "code": None}
-    assert chat(nano, schema_body("hi", **{param: 32_768})).status_code == 200
+    assert chat(nano, schema_body("hi", None, **{param: 32_768})).status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_a_string_enum_over_250_values_is_limited_to_15000_characters(nano: str)
 
 
 def test_a_strict_tool_is_checked_like_a_schema_and_named_as_a_function(nano: str) -> None:
-    body = {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}],
+    body: dict[str, Any] = {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}],
             "tools": [{"type": "function", "function": {
                 "name": "record", "parameters": obj(a={"type": "string", "default": "x"}),
                 "strict": True}}]}
@@ -251,8 +251,8 @@ def test_a_strict_tool_is_checked_like_a_schema_and_named_as_a_function(nano: st
 
 
 def test_json_object_needs_the_word_json_in_the_messages(nano: str) -> None:
-    body = {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_object"}}
+    body: dict[str, Any] = {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}],
+                            "response_format": {"type": "json_object"}}
     error = error_of(chat(nano, body))
     assert error["message"] == ("'messages' must contain the word 'json' in some form, to use "
                                 "'response_format' of type 'json_object'.")

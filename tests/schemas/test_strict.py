@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 from schemas.strict import InvalidSchema, check_schema, drop_optional_nulls, is_valid
@@ -29,7 +31,7 @@ def test_unsupported_constructs_are_refused_with_the_reason(schema, words) -> No
 
 
 def test_nesting_deeper_than_ten_levels_is_refused() -> None:
-    node = {"type": "string"}
+    node: dict[str, Any] = {"type": "string"}
     for _ in range(11):
         node = {"type": "object", "properties": {"n": node}}
     with pytest.raises(InvalidSchema, match="nesting"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -44,7 +46,7 @@ def png(seed: int) -> bytes:
     return out.getvalue()
 
 
-def submit(client, doc_id: str, **options) -> str:  # type: ignore[no-untyped-def]
+def submit(client: httpx.Client, doc_id: str, **options: Any) -> str:
     response = client.post("/v1/jobs", json={"document_ids": [doc_id], "schema": SCHEMA, **options})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])

@@ -81,7 +81,7 @@ def read_json(s3: S3Server, bucket: str, key: str) -> Any:
         return None  # an upload or an image
 
 
-def pending_uploads(s3: S3Server, bucket: str) -> list[dict[str, Any]]:
+def pending_uploads(s3: S3Server, bucket: str) -> list[Any]:
     return list(s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
@@ -170,10 +170,10 @@ def test_the_collector_removes_only_old_unreferenced_objects(s3_stack: Stack, s3
                                                             key: str) -> None:
     with s3_stack.client(key) as client:
         kept = wait_document(client, upload(client, TEXT_PDF, filename="kept.pdf").json()["id"])
-    client = s3_server.client()
+    s3 = s3_server.client()
     orphan, fresh = "f" * 64, "e" * 64
     for name in (orphan, fresh):
-        client.put_object(Bucket=s3_stack.bucket, Key=f"files/{name[:2]}/{name[2:4]}/{name}",
+        s3.put_object(Bucket=s3_stack.bucket, Key=f"files/{name[:2]}/{name[2:4]}/{name}",
                           Body=b"left by a crash")
     for name in (orphan, kept["sha256"]):  # older than the grace period (600 s)
         s3_server.backdate(s3_stack.bucket, f"files/{name[:2]}/{name[2:4]}/{name}", 3600)

@@ -13,6 +13,7 @@ class FileServer:
                  redirects: dict[str, str] | None = None) -> None:
         self.routes, self.redirects = routes or {}, redirects or {}
         self.requests: list[str] = []
+        self.accepted = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,10 +38,9 @@ class FileServer:
                 pass
 
         class CountingServer(ThreadingHTTPServer):
-            connections = 0
 
             def get_request(self) -> Any:
-                CountingServer.connections += 1
+                server.accepted += 1
                 return super().get_request()
 
         self.server = CountingServer((host, 0), Handler)
@@ -50,7 +50,7 @@ class FileServer:
 
     @property
     def connections(self) -> int:
-        return type(self.server).connections  # type: ignore[attr-defined]
+        return self.accepted
 
     def close(self) -> None:
         self.server.shutdown()

@@ -72,6 +72,6 @@ def make_ledger(pages: int = 100, rows_per_page: int = 50, seed: int = 0,
             rows.append(Row(f"{prefix}-{n:05d}", f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
                             f"{rng.choice(GOODS)} lot {rng.randint(1, 999)}",
                             round(rng.uniform(1, 9999), 2), page))
-    layout = [("text", [f"Ledger, page {p} of {pages}"]
+    layout: list[tuple[str, object]] = [("text", [f"Ledger, page {p} of {pages}"]
                + [r.line for r in rows if r.page == p]) for p in range(1, pages + 1)]
     return Ledger(build_pdf(layout), rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from typing import cast
 
 from PIL import Image, ImageDraw
 
@@ -52,13 +53,14 @@ def build_pdf(pages: list[tuple[str, object]]) -> bytes:
     kids = []
     for kind, payload in pages:
         if kind == "text":
-            stream = _text_stream(payload)  # type: ignore[arg-type]
+            stream = _text_stream(cast(list[str], payload))
             objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
             content = len(objects)
             objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources "
                            b"<< /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % content)
         else:
-            jpeg, ocr_lines = payload if kind == "ocr" else (payload, None)  # type: ignore[misc]
+            jpeg, ocr_lines = cast(tuple[bytes, "list[str] | None"],
+                                   payload if kind == "ocr" else (payload, None))
             with Image.open(io.BytesIO(jpeg)) as img:
                 w, h = img.size
             objects.append(b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace "

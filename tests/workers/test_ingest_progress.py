@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from service.core.tokens import get_encoding
 from service.store.storage import LocalStorage
@@ -11,7 +12,7 @@ from tests.support.pdfgen import text_pdf
 from workers.isolation import PageProgress, run_isolated
 from workers.parsing import PdfOptions, parse_document
 
-LIMITS = {"cpu_s": 60, "memory_bytes": 1536 * 1024 * 1024, "wall_s": 120}
+LIMITS: dict[str, Any] = {"cpu_s": 60, "memory_bytes": 1536 * 1024 * 1024, "wall_s": 120}
 
 
 def test_a_long_pdf_reports_its_pages_as_they_are_parsed(tmp_path: Path) -> None:

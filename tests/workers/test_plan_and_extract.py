@@ -7,7 +7,9 @@ import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from schemas.strict import check_schema
@@ -75,14 +77,15 @@ def key(small: Stack) -> str:
     return small.create_key("planner")["api_key"]
 
 
-def run(client, doc_ids: list[str], **options) -> dict:  # type: ignore[no-untyped-def]
+def run(client: httpx.Client, doc_ids: list[str], **options: Any) -> dict[str, Any]:
     response = client.post("/v1/jobs", json={"document_ids": doc_ids, "schema": SCHEMA, **options})
     assert response.status_code == 202, response.text
     return wait_job(client, response.json()["id"], 120)
 
 
-def calls(client, job_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    return client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+def calls(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+    return calls
 
 
 def test_exactly_at_the_budget_is_one_call_and_one_token_more_is_two(small: Stack, key: str, exact) -> None:
