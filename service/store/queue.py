@@ -118,11 +118,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         task_send_sent_event=False,
         worker_send_task_events=False,
+        # Each periodic task expires when the next one is sent: they are idempotent and only the
+        # latest matters, so a busy CPU worker skips stale ones instead of working through a
+        # backlog of them (seen: 63 sweeps queued behind a loaded worker).
         beat_schedule={
-            "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s},
+            "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s,
+                      "options": {"expires": settings.sweep_interval_s}},
             "collect-blobs": {"task": Task.COLLECT_BLOBS.value,
-                              "schedule": settings.blob_gc_interval_s},
-            "purge": {"task": Task.PURGE.value, "schedule": settings.purge_interval_s},
+                              "schedule": settings.blob_gc_interval_s,
+                              "options": {"expires": settings.blob_gc_interval_s}},
+            "purge": {"task": Task.PURGE.value, "schedule": settings.purge_interval_s,
+                      "options": {"expires": settings.purge_interval_s}},
         },
         **(_amqp_options() if settings.broker_is_amqp else _redis_options(settings)),
     )

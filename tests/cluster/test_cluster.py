@@ -120,7 +120,8 @@ def test_200_jobs_across_two_apis_survive_kill_9_of_a_worker_of_each_queue(
             on_books += len(calls)
         completed = cluster.sandbox_stats()["completed"]
         assert on_books >= completed, f"the sandbox answered {completed}, {on_books} on the books"
-        assert queued(cluster, "cpu") == queued(cluster, "model") == 0
+        wait_until(lambda: queued(cluster, "cpu") == queued(cluster, "model") == 0, 60,
+                   "both queues to drain (nothing left behind in the broker)")
     finally:
         for client in clients:
             client.close()
