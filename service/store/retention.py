@@ -110,8 +110,10 @@ def retention_of(settings: Settings, job: Job) -> float:
 
 def settle(session: Session, settings: Settings, job: Job, now: datetime) -> None:
     """An ended job with nothing in flight: its use goes into the ledger, its purge time is set,
-    and the documents of a ``delete_documents`` job are due now."""
-    charge(session, job, now)
+    and the documents of a ``delete_documents`` job are due now. Once: a job the purge has
+    settled may be deleted later, and a job charged twice would count twice in its quotas."""
+    if job.charged_at is None:
+        charge(session, job, now)
     due = (job.finished_at or now) + timedelta(seconds=retention_of(settings, job))
     job.purge_at = min(due, job.purge_at) if job.purge_at else due
     if (job.options or {}).get("delete_documents"):
