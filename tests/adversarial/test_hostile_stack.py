@@ -14,7 +14,15 @@ import pytest
 
 from tests.adversarial.conftest import db_rows, error_of, png
 from tests.adversarial.test_schema_bounds import ref_chain
-from tests.support.stack import Stack, WebhookReceiver, upload, wait_document, wait_job, wait_until
+from tests.support.stack import (
+    Stack,
+    WebhookReceiver,
+    no_temporary_files,
+    upload,
+    wait_document,
+    wait_job,
+    wait_until,
+)
 
 SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"}}}
 
@@ -222,7 +230,7 @@ def test_multipart_edge_cases_get_their_4xx_or_201(review: Stack, keys, case: st
                                                                    response.text[:300])
         if response.status_code != 201:
             error_of(response)
-    assert not list((review.data_dir / "files" / "tmp").iterdir())
+    no_temporary_files(review.data_dir)
 
 
 # ---------------------------------------------------------------- JSON bodies

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.adversarial.conftest import UPLOAD_CAP, error_of
-from tests.support.stack import Stack
+from tests.support.stack import Stack, no_temporary_files
 
 
 class HostileServer:
@@ -111,7 +111,7 @@ def test_a_hostile_server_gets_its_4xx_and_leaves_nothing(review: Stack, keys, s
     with review.client(keys["a"]["api_key"]) as client:
         response = client.post("/v1/documents", json={"url": server.url + path})
         assert (response.status_code, error_of(response)["code"]) == (status, code), response.text
-    assert not list((review.data_dir / "files" / "tmp").iterdir())
+    no_temporary_files(review.data_dir)
 
 
 def test_a_redirect_to_a_non_ascii_path_is_4xx(review: Stack, keys, server: HostileServer) -> None:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.api.conftest import _png
-from tests.support.stack import Stack, upload, wait_document, wait_job, wait_until
+from tests.support.stack import Stack, no_temporary_files, upload, wait_document, wait_job, wait_until
 
 SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
 
@@ -185,14 +185,7 @@ def test_malformed_multipart_is_400_invalid_multipart(hostile: Stack, keys, case
         response = _multipart(client, body, boundary)
         assert response.status_code in (400, 422), response.text
         assert response.json()["error"]["code"] in ("invalid_multipart", "invalid_request")
-    no_temporary_files(hostile)
-
-
-def no_temporary_files(stack: Stack) -> None:
-    """Waits (with a deadline) until no temporary file is left: a worker committing an artifact
-    of an earlier test holds one for a moment; a refused upload's would stay."""
-    tmp = stack.data_dir / "files" / "tmp"
-    wait_until(lambda: not list(tmp.iterdir()), 30, f"no temporary file in {tmp}")
+    no_temporary_files(hostile.data_dir)
 
 
 def test_junk_before_the_first_boundary_is_a_preamble(hostile: Stack, keys) -> None:
@@ -290,7 +283,7 @@ def _stored_files(stack: Stack) -> set[str]:
 
 
 def test_a_refused_upload_leaves_nothing_behind(hostile: Stack, keys) -> None:
-    no_temporary_files(hostile)
+    no_temporary_files(hostile.data_dir)
     before = _stored_files(hostile)
     with hostile.client(keys["a"]) as client:
         assert_error(upload(client, "x.txt", data=b"just text, not a document " * 10), 415,
@@ -299,7 +292,7 @@ def test_a_refused_upload_leaves_nothing_behind(hostile: Stack, keys) -> None:
                      "file_too_large")
         assert_error(_multipart(client, _part("file", b"%PDF-1.4 unique-refused")
                                 + _part("file", b"again") + b"--B--\r\n", "B"), 422, "invalid_request")
-    no_temporary_files(hostile)
+    no_temporary_files(hostile.data_dir)
     assert _stored_files(hostile) == before
 
 

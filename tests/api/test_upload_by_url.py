@@ -7,7 +7,7 @@ import pytest
 
 from tests.api.conftest import _png
 from tests.support.fileserver import FileServer
-from tests.support.stack import CORPUS, Stack, wait_document
+from tests.support.stack import CORPUS, Stack, no_temporary_files, wait_document
 
 PDF = (CORPUS / "004-pdflatex-4-pages" / "pdflatex-4-pages.pdf").read_bytes()
 
@@ -73,6 +73,6 @@ def test_fetching_has_the_upload_limits(hostile: Stack, keys) -> None:
                 response = by_url(client, url)
                 assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_url"
             assert by_url(client, f"{server.url}/img.png").status_code == 201
-        assert not list((hostile.data_dir / "files" / "tmp").iterdir())
+        no_temporary_files(hostile.data_dir)
     finally:
         server.close()

@@ -48,6 +48,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def no_temporary_files(data_dir: Path) -> None:
+    """Waits (with a deadline) until no temporary upload file is left under ``data_dir``: a
+    worker committing an artifact of an earlier request holds one for a moment; a refused
+    upload's would stay."""
+    tmp = data_dir / "files" / "tmp"
+    wait_until(lambda: not list(tmp.iterdir()), 30, f"no temporary file in {tmp}")
+
+
 def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
     def ok() -> bool:
         for proc in procs or []:
