@@ -21,6 +21,7 @@ from tests.support.stack import (
     Stack,
     WebhookReceiver,
     no_temporary_files,
+    read_http_reply,
     start_stack,
     upload,
     wait_document,
@@ -238,12 +239,7 @@ def test_upload_over_the_limit_is_refused_while_reading(tmp_path) -> None:
             payload = head + b"0" * (2 * 1024 * 1024)
             sock.sendall(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
             # The body never ends: an answer can only come from reading, not from the whole body.
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = read_http_reply(sock)
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b"file_too_large" in reply or b"content-length" in reply.lower()
         no_temporary_files(s.data_dir)  # a refused upload leaves nothing behind

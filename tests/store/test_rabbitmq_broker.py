@@ -14,6 +14,7 @@ from PIL import Image
 from tests.support.stack import (
     Stack,
     WebhookReceiver,
+    create_job,
     start_stack,
     upload,
     wait_document,
@@ -47,9 +48,7 @@ def png(seed: int) -> bytes:
 
 
 def submit(client: httpx.Client, doc_id: str, **options: Any) -> str:
-    response = client.post("/v1/jobs", json={"document_ids": [doc_id], "schema": SCHEMA, **options})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+    return create_job(client, [doc_id], SCHEMA, **options)
 
 
 def test_a_job_runs_on_rabbitmq_quorum_queues(rabbit_stack: Stack, tenant) -> None:

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import random
-import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.support.stack import (
     CORPUS,
     Stack,
     free_port,
+    read_http_reply,
     start_stack,
     upload,
     wait_document,
@@ -134,15 +134,6 @@ def test_the_same_file_twice_is_one_object(s3_stack: Stack, s3_server: S3Server,
     assert pending_uploads(s3_server, s3_stack.bucket) == []
 
 
-def complete(reply: bytes) -> bool:
-    """Whether an HTTP response, read so far, holds its head and all of its body."""
-    head, sep, body = reply.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return length is None or len(body) >= int(length.group(1))
-
-
 def test_the_upload_limit_acts_while_streaming_to_s3(s3_stack: Stack, s3_server: S3Server,
                                                      key: str) -> None:
     before = objects(s3_server, s3_stack.bucket)
@@ -164,12 +155,7 @@ def test_the_upload_limit_acts_while_streaming_to_s3(s3_stack: Stack, s3_server:
         # Past the limit; the body never ends, so the answer can only come from reading.
         with contextlib.suppress(OSError):  # the server may answer and close before taking it all
             sock.sendall(chunk(os.urandom(3 * MiB)))
-        reply = b""
-        while not complete(reply):  # the head and the body may come in separate reads
-            data = sock.recv(65536)
-            if not data:
-                break
-            reply += data
+        reply = read_http_reply(sock)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b"file_too_large" in reply
     assert pending_uploads(s3_server, s3_stack.bucket) == [], "the multipart upload was aborted"

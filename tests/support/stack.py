@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -329,6 +330,35 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 90) -> dict[str
         return body if body["status"] in ("succeeded", "failed", "canceled") else None
 
     return wait_until(done, timeout, f"job {job_id} to end", 0.1)
+
+
+def create_job(client: httpx.Client, doc_ids: list[str], schema: dict[str, Any],
+               **options: Any) -> str:
+    """Creates a job (it must be accepted) and returns its id."""
+    response = client.post("/v1/jobs", json={"document_ids": doc_ids, "schema": schema, **options})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def job_calls(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+    return calls
+
+
+def read_http_reply(sock: socket.socket) -> bytes:
+    """Reads one HTTP response from a raw socket: its head and, by its Content-Length, its body
+    (they may come in separate reads), or whatever came before the peer closed."""
+    reply = b""
+    while True:
+        head, sep, body = reply.partition(b"\r\n\r\n")
+        if sep:
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if length is None or len(body) >= int(length.group(1)):
+                return reply
+        data = sock.recv(65536)
+        if not data:
+            return reply
+        reply += data
 
 
 @dataclass

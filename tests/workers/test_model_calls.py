@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.stack import Stack, start_stack, upload, wait_document, wait_job, wait_until
+from tests.support.stack import Stack, create_job, start_stack, upload, wait_document, wait_job, wait_until
 
 SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"},
                                                                  "amount": {"type": "number"}}}
@@ -24,9 +24,16 @@ def png(seed: int = 0, size=(640, 480)) -> bytes:
 
 
 def submit(client: httpx.Client, doc_id: str, **options: Any) -> str:
-    response = client.post("/v1/jobs", json={"document_ids": [doc_id], "schema": SCHEMA, **options})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+    return create_job(client, [doc_id], SCHEMA, **options)
+
+
+def job_mid_call(s: Stack, client: httpx.Client) -> str:
+    """Submits a one-image job; returns its id once its model call is in flight."""
+    doc = upload(client, "a.png", data=png()).json()
+    wait_document(client, doc["id"])
+    job_id = submit(client, doc["id"])
+    wait_until(lambda: s.sandbox_stats()["in_flight"] >= 1, 30, "the model call to start")
+    return job_id
 
 
 def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
@@ -35,10 +42,7 @@ def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
                     sandbox_args=["--ttft-s", "2.5"])
     try:
         with s.client(s.create_key("kill")["api_key"]) as client:
-            doc = upload(client, "a.png", data=png()).json()
-            wait_document(client, doc["id"])
-            job_id = submit(client, doc["id"])
-            wait_until(lambda: s.sandbox_stats()["in_flight"] >= 1, 30, "the model call to start")
+            job_id = job_mid_call(s, client)
             s.kill("model")  # kill -9 of the whole worker while its call is in flight
             assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
             s.start_worker("model", name="model-2")
@@ -68,10 +72,7 @@ def test_a_worker_presumed_dead_that_answers_after_all_has_its_answer_used(tmp_p
                     sandbox_args=["--ttft-s", "2.5"])
     try:
         with s.client(s.create_key("slow")["api_key"]) as client:
-            doc = upload(client, "a.png", data=png()).json()
-            wait_document(client, doc["id"])
-            job_id = submit(client, doc["id"])
-            wait_until(lambda: s.sandbox_stats()["in_flight"] >= 1, 30, "the model call to start")
+            job_id = job_mid_call(s, client)
             s.pause("model")  # alive, but renews nothing and records nothing
             try:
                 wait_until(lambda: [c["status"] for c in client.get(

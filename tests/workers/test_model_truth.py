@@ -22,7 +22,15 @@ from service.core.planner import header_tokens
 from service.core.profiles import get_profile
 from service.core.prompt import fixed_overhead
 from tests.support.pdfgen import build_pdf, page_lines, scan_jpeg, text_pdf
-from tests.support.stack import Stack, start_stack, upload, wait_document, wait_job
+from tests.support.stack import (
+    Stack,
+    create_job,
+    job_calls,
+    start_stack,
+    upload,
+    wait_document,
+    wait_job,
+)
 
 THRESHOLD = 20_000
 SCHEMA = {"type": "object", "required": ["title", "lines"], "properties": {
@@ -59,14 +67,8 @@ def ready(client: httpx.Client, name: str, data: bytes) -> dict[str, Any]:
 
 
 def run(client: httpx.Client, doc_ids: list[str], **options: Any) -> dict[str, Any]:
-    response = client.post("/v1/jobs", json={"document_ids": doc_ids, "schema": SCHEMA, **options})
-    assert response.status_code == 202, response.text
-    return wait_job(client, response.json()["id"], 180)
+    return wait_job(client, create_job(client, doc_ids, SCHEMA, **options), 180)
 
-
-def calls(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
-    return result
 
 
 def dry_run(client: httpx.Client, doc_id: str, **options: Any) -> dict[str, Any]:
@@ -88,12 +90,12 @@ def test_the_cheapest_plan_stays_under_the_price_threshold_and_costs_less(
     one, several = run(client, [doc["id"]]), run(client, [doc["id"]], plan="cheapest")
     assert one["status"] == several["status"] == "succeeded", (one, several)
     assert several["plan"]["calls"] == cheapest["plan"]["calls"]
-    (big,) = calls(client, one["id"])
+    (big,) = job_calls(client, one["id"])
     assert big["prompt_tokens"] > THRESHOLD
     # The whole call at the long-context rates: 2x input, 1.5x output.
     assert big["cost_usd"] == pytest.approx(
         (big["prompt_tokens"] * 0.20 + big["completion_tokens"] * 0.75) / 1e6, rel=1e-6)
-    for call in calls(client, one["id"]) + calls(client, several["id"]):
+    for call in job_calls(client, one["id"]) + job_calls(client, several["id"]):
         # Priced by the service's profile as the sandbox prices it with its own table.
         assert call["cost_usd"] == pytest.approx(call["gateway_cost_usd"], rel=1e-6), call
         assert call["prompt_tokens"] == call["predicted_prompt_tokens"]
@@ -104,13 +106,13 @@ def test_reasoning_tokens_are_recorded_per_call_and_per_job(client: httpx.Client
     doc = ready(client, "short.pdf", text_pdf(2, lines=20, seed=401))
     job = run(client, [doc["id"]])
     assert job["status"] == "succeeded", job
-    (call,) = calls(client, job["id"])
+    (call,) = job_calls(client, job["id"])
     assert 0 < call["reasoning_tokens"] < call["completion_tokens"]
     assert job["usage"]["reasoning_tokens"] == call["reasoning_tokens"]
     # Function tools take no reasoning on GPT-6 Luna in Chat Completions: effort "none".
     tools = run(client, [doc["id"]], mode="tools")
     assert tools["status"] == "succeeded", tools
-    assert [c["reasoning_tokens"] for c in calls(client, tools["id"])] == [0]
+    assert [c["reasoning_tokens"] for c in job_calls(client, tools["id"])] == [0]
 
 
 def png(width: int, height: int) -> bytes:
@@ -134,7 +136,7 @@ def test_a_documents_tokens_count_its_images_at_the_default_detail(
     # call adds (instructions, schema, the page's header).
     job = run(client, [scan["id"]])
     assert job["status"] == "succeeded", job
-    (call,) = calls(client, job["id"])
+    (call,) = job_calls(client, job["id"])
     fixed = fixed_overhead(profile, None, check_schema(SCHEMA), "json_schema")
     assert call["prompt_tokens"] == fixed + header_tokens(1, 1, None, True) + scan["tokens"]
 
@@ -150,18 +152,18 @@ def test_calibration_counts_answered_extract_and_merge_calls_and_shows_a_disagre
     merged = run(client, [doc["id"]], merge="model", max_tokens_per_call=6000,
                  max_output_tokens=1000)
     assert merged["status"] == "succeeded", merged
-    assert [c["purpose"] for c in calls(client, merged["id"])].count("merge") == 1
+    assert [c["purpose"] for c in job_calls(client, merged["id"])].count("merge") == 1
     luna.sandbox(fail_with="insufficient_quota")
     try:
         failed = run(client, [doc["id"]])
     finally:
         luna.sandbox()
     assert failed["error"]["code"] == "model_quota_exhausted"
-    (refused,) = calls(client, failed["id"])
+    (refused,) = job_calls(client, failed["id"])
     assert refused["status"] == "failed" and refused["predicted_prompt_tokens"] > 0
 
     every = [c for job in client.get("/v1/jobs", params={"limit": 500}).json()["data"]
-             for c in calls(client, job["id"])]
+             for c in job_calls(client, job["id"])]
     answered = [c for c in every if c["status"] == "answered"]
     row = calibration(luna)
     assert row["calls"] == len(answered) < len(every)  # the failed call is left out
@@ -179,7 +181,7 @@ def test_calibration_counts_answered_extract_and_merge_calls_and_shows_a_disagre
     finally:
         luna.sandbox()
     assert off["status"] == "succeeded", off
-    (call,) = calls(client, off["id"])
+    (call,) = job_calls(client, off["id"])
     assert call["prompt_tokens"] - call["predicted_prompt_tokens"] == 2  # two messages
     row = calibration(luna)
     assert row["max_error_tokens"] == 2 and row["by_purpose"]["extract"]["max_error_tokens"] == 2

@@ -18,7 +18,15 @@ from service.core.profiles import get_profile
 from service.core.prompt import fixed_overhead
 from service.store.storage import LocalStorage
 from tests.support.pdfgen import build_pdf, page_lines, scan_jpeg, text_pdf
-from tests.support.stack import Stack, start_stack, upload, wait_document, wait_job
+from tests.support.stack import (
+    Stack,
+    create_job,
+    job_calls,
+    start_stack,
+    upload,
+    wait_document,
+    wait_job,
+)
 from workers.parsing import PdfOptions, parse_document
 
 SCHEMA = {"type": "object", "required": ["title", "lines"], "properties": {
@@ -78,14 +86,8 @@ def key(small: Stack) -> str:
 
 
 def run(client: httpx.Client, doc_ids: list[str], **options: Any) -> dict[str, Any]:
-    response = client.post("/v1/jobs", json={"document_ids": doc_ids, "schema": SCHEMA, **options})
-    assert response.status_code == 202, response.text
-    return wait_job(client, response.json()["id"], 120)
+    return wait_job(client, create_job(client, doc_ids, SCHEMA, **options), 120)
 
-
-def calls(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
-    return calls
 
 
 def test_exactly_at_the_budget_is_one_call_and_one_token_more_is_two(small: Stack, key: str, exact) -> None:
@@ -99,13 +101,13 @@ def test_exactly_at_the_budget_is_one_call_and_one_token_more_is_two(small: Stac
         assert job_a["status"] == "succeeded", job_a
         assert job_a["plan"]["calls"] == 1
         # The one call filled the window to the token: prompt + reserved output = window.
-        (call,) = calls(client, job_a["id"])
+        (call,) = job_calls(client, job_a["id"])
         assert call["prompt_tokens"] == call["predicted_prompt_tokens"]
         assert call["prompt_tokens"] + RESERVED == exact["window"]
         job_b = run(client, [b["id"]])
         assert job_b["status"] == "succeeded", job_b
         assert job_b["plan"]["calls"] == 2
-        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in calls(client, job_b["id"]))
+        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in job_calls(client, job_b["id"]))
         assert small.sandbox_stats()["context_exceeded"] == before["context_exceeded"] == 0
 
 
@@ -127,7 +129,7 @@ def test_dry_run_matches_the_real_run(small: Stack, key: str) -> None:
         job = run(client, [doc["id"]])
         assert job["status"] == "succeeded"
         assert job["plan"]["chunks"] == plan["plan"]["chunks"]
-        made = calls(client, job["id"])
+        made = job_calls(client, job["id"])
         assert len(made) == plan["plan"]["calls"]
         assert sorted(c["prompt_tokens"] for c in made) == sorted(
             c["prompt_tokens"] for c in plan["plan"]["chunks"])
@@ -154,7 +156,7 @@ def test_scanned_and_text_pages_mixed(small: Stack, key: str) -> None:
         assert wait_document(client, doc["id"])["pages"] == 5
         job = run(client, [doc["id"]])
         assert job["status"] == "succeeded", job
-        made = calls(client, job["id"])
+        made = job_calls(client, job["id"])
         assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in made)
         # Two page images at the patch cap: at least 2 x 1300 patches x 2.46 tokens.
         assert sum(c["prompt_tokens"] for c in made) > 2 * 1300 * 2.46
@@ -182,7 +184,7 @@ def test_merge_by_model_resolves_conflicts_with_one_more_call(small: Stack, key:
         wait_document(client, doc["id"])
         job = run(client, [doc["id"]], max_tokens_per_call=4800, merge="model")
         assert job["status"] == "succeeded", job
-        assert len(calls(client, job["id"])) == job["plan"]["calls"] + 1
+        assert len(job_calls(client, job["id"])) == job["plan"]["calls"] + 1
         warnings = client.get(f"/v1/jobs/{job['id']}/result").json()["warnings"]
         assert warnings and warnings[0]["resolved_by"] == "model"
 
@@ -195,7 +197,7 @@ def test_an_answer_cut_off_keeps_its_items_and_the_job_goes_on(small: Stack, key
             wait_document(client, doc["id"])
             job = run(client, [doc["id"]], max_tokens_per_call=4800)
             assert job["status"] == "succeeded", job
-            made = calls(client, job["id"])
+            made = job_calls(client, job["id"])
             assert any(c["finish_reason"] == "length" for c in made)
             assert all(c["answer_used"] for c in made)  # a cut answer is paid: it is kept
             assert job["progress"]["chunks_total"] > len([c for c in made if c["finish_reason"] == "length"])
@@ -226,7 +228,7 @@ def test_a_three_million_token_document_takes_the_fewest_balanced_calls(stack: S
         sizes = [c["prompt_tokens"] for c in job["plan"]["chunks"]]
         assert len(sizes) == math.ceil(sum(sizes) / job["plan"]["budget_tokens"])
         assert (max(sizes) - min(sizes)) / max(sizes) < 0.02
-        made = calls(client, job["id"])
+        made = job_calls(client, job["id"])
         assert len(made) == len(sizes)
         assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in made)
         assert stack.sandbox_stats()["context_exceeded"] == 0
@@ -245,7 +247,7 @@ def test_a_tpm_limit_below_the_window_shrinks_the_chunks(tmp_path: Path) -> None
             assert job["plan"]["budget_tokens"] < 200_000
             assert job["plan"]["calls"] == math.ceil(
                 sum(c["prompt_tokens"] for c in job["plan"]["chunks"]) / job["plan"]["budget_tokens"])
-            for call in calls(client, job["id"]):
+            for call in job_calls(client, job["id"]):
                 assert call["prompt_tokens"] <= 200_000
             assert s.sandbox_stats()["context_exceeded"] == 0
     finally:
@@ -259,7 +261,7 @@ def test_pages_as_images_sends_every_page_as_an_image(small: Stack, key: str) ->
         as_text = run(client, [doc["id"]])
         as_images = run(client, [doc["id"]], pages_as_images=True)
         assert as_images["status"] == "succeeded", as_images
-        made = calls(client, as_images["id"])
+        made = job_calls(client, as_images["id"])
         assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in made)
         # Three page renders at the patch cap cost far more than three pages of text.
         assert as_images["usage"]["prompt_tokens"] > 3 * 1300 * 2.46
@@ -310,7 +312,7 @@ def test_the_shared_prefix_is_cached_across_the_calls_of_a_job(small: Stack, key
         wait_document(client, doc["id"])
         job = run(client, [doc["id"]], instructions=instructions, max_tokens_per_call=6000)
         assert job["status"] == "succeeded" and job["plan"]["calls"] >= 3
-        made = calls(client, job["id"])
+        made = job_calls(client, job["id"])
         assert sum(1 for c in made if c["cached_tokens"] >= 1024) >= len(made) - 1
         cached = job["usage"]["cached_tokens"]
         expected = (job["usage"]["prompt_tokens"] - cached) * 0.10 + cached * 0.025 + \
@@ -327,7 +329,7 @@ def test_low_image_detail_costs_less_for_a_large_image(small: Stack, key: str) -
         low = run(client, [doc["id"]], image_detail="low")
         assert low["status"] == auto["status"] == "succeeded"
         assert low["usage"]["prompt_tokens"] < auto["usage"]["prompt_tokens"] - 2000
-        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in calls(client, low["id"]))
+        assert all(c["prompt_tokens"] == c["predicted_prompt_tokens"] for c in job_calls(client, low["id"]))
 
 
 def test_calibration_reports_the_count_error_per_model(small: Stack, key: str) -> None:

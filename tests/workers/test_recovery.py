@@ -28,6 +28,7 @@ from tests.support.stack import (
     ROOT,
     TEST_REDIS_DB,
     Stack,
+    create_job,
     free_port,
     start_stack,
     upload,
@@ -55,9 +56,7 @@ def database(request: pytest.FixtureRequest) -> str:
 
 
 def submit(client: httpx.Client, doc_ids: list[str], **extra: Any) -> str:
-    response = client.post("/v1/jobs", json={"document_ids": doc_ids, "schema": SCHEMA, **extra})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+    return create_job(client, doc_ids, SCHEMA, **extra)
 
 
 def assert_all_done_once(client: httpx.Client, job_ids: list[str], stack: Stack,

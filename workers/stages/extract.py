@@ -285,7 +285,7 @@ def outage_delay(elapsed_s: float) -> float:
 
 
 # A chunk taken back from a worker presumed dead is open until someone finishes it.
-LATE_ANSWER_TAKEN = (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
+STILL_OPEN = (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
 
 
 def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
@@ -357,7 +357,7 @@ def extract_chunk(ctx: WorkerContext, chunk_id: str) -> None:
             # This worker was presumed dead (its lease ran out) and the chunk was sent again.
             # A paid answer is still used while nobody has finished the chunk; a call sent again
             # meanwhile then finds it done. Anything else is the new holder's to decide.
-            if not (chunk.status in LATE_ANSWER_TAKEN and job.status == JobStatus.RUNNING
+            if not (chunk.status in STILL_OPEN and job.status == JobStatus.RUNNING
                     and reading is not None):
                 return
             log.info("job.chunk.late_answer", job_id=job.id, chunk_id=chunk.id)
