@@ -5,8 +5,9 @@ and a stored-again blob is safe from the collector for the grace period.
 Layout under the prefix (``LONGDOC_STORAGE_URL=s3://bucket/prefix``)::
 
     ab/cd/<sha256>    a blob, as on disk
-    tmp/<random>      an upload in progress: a multipart upload, or its completed object for the
-                      moment between completing it and copying it under its hash
+    tmp/<t>-<random>  an upload in progress, started at Unix time <t>: a multipart upload, or
+                      its completed object for the moment between completing it and copying it
+                      under its hash
     touched/<sha256>  an empty marker written when a blob is stored again: its LastModified is
                       the blob's "last written" for the collector (S3 cannot touch an object;
                       copying it onto itself would rewrite every byte, and on a versioned bucket
@@ -40,7 +41,11 @@ from service.store.storage import Source, StorageUnavailable, check_key, is_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+        MultipartUploadTypeDef,
+    )
 
 T = TypeVar("T")
 
@@ -241,7 +246,7 @@ class S3Storage:
             started_long_ago = [
                 (u["Key"], u["UploadId"])
                 for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.base}tmp/")
-                for u in page.get("Uploads", []) if u["Initiated"].timestamp() < cutoff]
+                for u in page.get("Uploads", []) if _started(u) < cutoff]
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"S3 ListMultipartUploads failed: {_reason(exc)}") from exc
         for object_key, upload_id in started_long_ago:
@@ -281,6 +286,15 @@ class S3Storage:
         self._call("HeadBucket", lambda: self.client.head_bucket(Bucket=self.bucket))
 
 
+def _started(upload: MultipartUploadTypeDef) -> float:
+    """When a multipart upload began: the later of the store's ``Initiated`` and the time its
+    key was named with. Some S3-compatible stores report a fixed ``Initiated`` (moto: 2010),
+    which would make every upload look abandoned before its first part has arrived."""
+    initiated = upload["Initiated"].timestamp() if "Initiated" in upload else 0.0
+    named = upload.get("Key", "").rsplit("/", 1)[-1].split("-", 1)[0]
+    return max(initiated, float(named) if named.isdigit() else 0.0)
+
+
 class S3BlobWriter:
     """Streams a blob into a multipart upload under ``tmp/`` while hashing it; ``commit`` files
     it under its hash (or only marks the stored copy, when the content is known)."""
@@ -289,7 +303,7 @@ class S3BlobWriter:
         self.storage = storage
         self.digest = hashlib.sha256()
         self.size = 0
-        self.temp_key = f"{storage.base}tmp/{secrets.token_hex(16)}"
+        self.temp_key = f"{storage.base}tmp/{int(time.time())}-{secrets.token_hex(16)}"
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
