@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import secrets
 import threading
 import time
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     )
 
 T = TypeVar("T")
+_STARTED = re.compile(r"([0-9]{1,12})-", re.ASCII)  # tmp/<unix time>-<random>
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB  # S3's minimum is 5 MiB for every part but the last
@@ -291,8 +293,9 @@ def _started(upload: MultipartUploadTypeDef) -> float:
     key was named with. Some S3-compatible stores report a fixed ``Initiated`` (moto: 2010),
     which would make every upload look abandoned before its first part has arrived."""
     initiated = upload["Initiated"].timestamp() if "Initiated" in upload else 0.0
-    named = upload.get("Key", "").rsplit("/", 1)[-1].split("-", 1)[0]
-    return max(initiated, float(named) if named.isdigit() else 0.0)
+    named = _STARTED.match(upload.get("Key", "").rsplit("/", 1)[-1])
+    # Never later than now: a key from a host whose clock runs ahead is still collected.
+    return max(initiated, min(float(named[1]), time.time()) if named else 0.0)
 
 
 class S3BlobWriter:
@@ -303,7 +306,7 @@ class S3BlobWriter:
         self.storage = storage
         self.digest = hashlib.sha256()
         self.size = 0
-        self.temp_key = f"{storage.base}tmp/{int(time.time())}-{secrets.token_hex(16)}"
+        self.temp_key = ""  # named when the multipart upload begins, with that time
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
@@ -331,6 +334,7 @@ class S3BlobWriter:
     def _send_part(self, data: bytes) -> None:
         s = self.storage
         if self._upload_id is None:
+            self.temp_key = f"{s.base}tmp/{int(time.time())}-{secrets.token_hex(16)}"
             self._upload_id = s._call("CreateMultipartUpload", lambda: s.client.create_multipart_upload(
                 Bucket=s.bucket, Key=self.temp_key)["UploadId"])
         upload_id, number = self._upload_id, len(self._parts) + 1
