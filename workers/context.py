@@ -57,5 +57,22 @@ class WorkerContext:
         return ModelClient(settings, limiter)
 
     @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                    socket_timeout=2)
+
+    def periodic_due(self, task: str, interval_s: float) -> bool:
+        """Whether a periodic task should do its work: not if one ran less than half an
+        interval ago. Beat's messages wait in the queue behind whatever the worker is busy with
+        and are never dropped (an expiry would skip every sweep while a backlog lasts longer
+        than the interval); the stale ones that then arrive together cost a Redis call each.
+        Without Redis, it runs."""
+        key = f"{self.settings.resolved_queue_prefix}periodic:{task}"
+        try:
+            return bool(self.redis.set(key, b"1", nx=True, px=max(1, int(interval_s * 500))))
+        except redis.RedisError:
+            return True
+
+    @cached_property
     def sender(self) -> WebhookSender:
         return WebhookSender(self.settings.webhook_allowed_networks, self.settings.webhook_timeout_s)

@@ -87,14 +87,20 @@ def deliver_webhook(delivery_id: str) -> None:
 
 @shared_task(name=Task.SWEEP.value)
 def run_sweep() -> None:
-    sweep.sweep(context())
+    ctx = context()
+    if ctx.periodic_due(Task.SWEEP, ctx.settings.sweep_interval_s):
+        sweep.sweep(ctx)
 
 
 @shared_task(name=Task.COLLECT_BLOBS.value)
 def collect_blobs() -> None:
-    sweep.collect_blobs(context())
+    ctx = context()
+    if ctx.periodic_due(Task.COLLECT_BLOBS, ctx.settings.blob_gc_interval_s):
+        sweep.collect_blobs(ctx)
 
 
 @shared_task(name=Task.PURGE.value)
 def purge() -> None:
-    sweep.purge(context())
+    ctx = context()
+    if ctx.periodic_due(Task.PURGE, ctx.settings.purge_interval_s):
+        sweep.purge(ctx)

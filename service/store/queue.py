@@ -31,6 +31,8 @@ class _RedisQoS(kombu_redis.QoS):
         try:
             return super().restore_unacked(client)
         except AttributeError:
+            if getattr(getattr(self.channel, "connection", None), "client", None) is not None:
+                raise  # not the closed connection below: a real error stays visible
             # When Redis goes away while a worker holds unacknowledged messages, kombu (5.7)
             # closes the channel after the connection it would restore them through is gone
             # (``_connparams`` reads ``connection.client``, now None). The AttributeError gets
@@ -118,17 +120,15 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         task_send_sent_event=False,
         worker_send_task_events=False,
-        # Each periodic task expires when the next one is sent: they are idempotent and only the
-        # latest matters, so a busy CPU worker skips stale ones instead of working through a
-        # backlog of them (seen: 63 sweeps queued behind a loaded worker).
+        # Periodic tasks never expire: behind a backlog longer than their interval every one
+        # would, and recovery, webhook retries and the purge would stop while the load lasts.
+        # Those that arrive together after a backlog do their work once
+        # (``WorkerContext.periodic_due``).
         beat_schedule={
-            "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s,
-                      "options": {"expires": settings.sweep_interval_s}},
+            "sweep": {"task": Task.SWEEP.value, "schedule": settings.sweep_interval_s},
             "collect-blobs": {"task": Task.COLLECT_BLOBS.value,
-                              "schedule": settings.blob_gc_interval_s,
-                              "options": {"expires": settings.blob_gc_interval_s}},
-            "purge": {"task": Task.PURGE.value, "schedule": settings.purge_interval_s,
-                      "options": {"expires": settings.purge_interval_s}},
+                              "schedule": settings.blob_gc_interval_s},
+            "purge": {"task": Task.PURGE.value, "schedule": settings.purge_interval_s},
         },
         **(_amqp_options() if settings.broker_is_amqp else _redis_options(settings)),
     )
