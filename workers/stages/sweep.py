@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, delete, exists, or_, select, update
 
 from schemas.tasks import Task
 from service.core.logs import log
@@ -67,8 +67,7 @@ def recover(ctx: WorkerContext) -> int:
         sent += _documents(uow, now, before)
         sent += _jobs_to_plan(uow, now, before)
         sent += _jobs_to_finalize(uow, now, before, ctx.profile)
-    with ctx.unit_of_work() as uow:
-        _chunks(ctx, uow, now, before)
+    _chunks(ctx, now, before)
     if sent:
         log.info("sweep.resent", tasks=sent)
     return sent
@@ -116,22 +115,38 @@ def _jobs_to_finalize(uow: UnitOfWork, now: datetime, before: datetime,
     return count
 
 
-def _chunks(ctx: WorkerContext, uow: UnitOfWork, now: datetime, before: datetime) -> None:
+def _chunks(ctx: WorkerContext, now: datetime, before: datetime) -> None:
     """A running chunk whose lease lapsed goes back to pending (its calls in flight are on the
-    books as unknown); a chunk dispatched long ago and never claimed is dispatched again."""
-    lapsed = uow.session.scalars(select(Chunk).where(
-        Chunk.status == ChunkStatus.RUNNING, Chunk.lease_until < now).limit(BATCH))
-    for chunk in lapsed:
-        job = uow.session.get(Job, chunk.job_id)
-        if job is not None:
-            mark_unknown_calls(uow.session, job, ctx.profile, chunk_id=chunk.id)
-        chunk.attempts += 1
-        chunk.status, chunk.lease_owner, chunk.lease_until = ChunkStatus.PENDING, None, None
-        log.info("sweep.chunk_recovered", chunk_id=chunk.id, attempts=chunk.attempts)
-    lost = uow.session.scalars(select(Chunk).where(
-        Chunk.status == ChunkStatus.DISPATCHED, Chunk.dispatched_at < before).limit(BATCH))
-    for chunk in lost:
-        chunk.status = ChunkStatus.PENDING
+    books as unknown); a chunk dispatched long ago and never claimed is dispatched again.
+
+    Each lapsed chunk is taken in a transaction of its own, under its job's lock (the order its
+    worker takes them in) and only if it is still lapsed then: a worker presumed dead that
+    answers meanwhile has closed the chunk, and reopening it would ask (and pay) again."""
+    with ctx.db.session(readonly=True) as session:
+        lapsed = session.execute(select(Chunk.id, Chunk.job_id).where(
+            Chunk.status == ChunkStatus.RUNNING, Chunk.lease_until < now).limit(BATCH)).all()
+    for chunk_id, job_id in lapsed:
+        with ctx.unit_of_work() as uow:
+            job = uow.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            chunk = uow.session.scalar(select(Chunk).where(
+                Chunk.id == chunk_id, Chunk.status == ChunkStatus.RUNNING,
+                Chunk.lease_until < now).with_for_update())
+            if chunk is None:
+                continue  # answered, renewed or deleted meanwhile
+            if job is not None:
+                mark_unknown_calls(uow.session, job, ctx.profile, chunk_id=chunk.id)
+            chunk.attempts += 1
+            chunk.status, chunk.lease_owner, chunk.lease_until = ChunkStatus.PENDING, None, None
+            log.info("sweep.chunk_recovered", chunk_id=chunk.id, attempts=chunk.attempts)
+    with ctx.unit_of_work() as uow:
+        # A claim may race this: the statement re-checks the row, so a chunk claimed meanwhile
+        # stays running.
+        lost = select(Chunk.id).where(Chunk.status == ChunkStatus.DISPATCHED,
+                                      Chunk.dispatched_at < before).limit(BATCH)
+        uow.session.execute(update(Chunk).where(
+            Chunk.id.in_(lost.scalar_subquery()), Chunk.status == ChunkStatus.DISPATCHED,
+            Chunk.dispatched_at < before).values(status=ChunkStatus.PENDING)
+            .execution_options(synchronize_session=False))
 
 
 def deliveries_due(uow: UnitOfWork, now: datetime) -> None:
