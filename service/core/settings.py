@@ -232,6 +232,13 @@ class Settings(BaseSettings):
         return key
 
     @property
+    def call_in_flight_s(self) -> float:
+        """How long a model call can be out (its retries, then one more full attempt): a call
+        booked as sent for longer had its worker die after its chunk was closed by someone
+        else, and no longer holds back the job's charge or deletion."""
+        return self.model_max_retry_s + self.model_timeout_s
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'longdoc.db').resolve()}"
 

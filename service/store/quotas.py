@@ -172,18 +172,30 @@ def usage_view(session: Session, tenant: Tenant, now: datetime | None = None) ->
 def charge(session: Session, job: Job, now: datetime) -> None:
     """Adds an ended job's use to its tenant's ledger (today's row) and marks it charged: the
     quotas count it from the ledger from now on, whatever happens to the job."""
-    values: dict[str, Any] = {
-        "tenant_id": job.tenant_id, "day": now.date(), "jobs": 1, "pages": job.pages or 0,
-        "prompt_tokens": job.prompt_tokens or 0, "completion_tokens": job.completion_tokens or 0,
-        "cost_usd": job.cost_usd or 0.0}
-    dialect = session.connection().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(TenantUsage).values(**values)
+    _add_to_ledger(session, job.tenant_id, now, jobs=1, pages=job.pages or 0,
+                   prompt_tokens=job.prompt_tokens or 0,
+                   completion_tokens=job.completion_tokens or 0, cost_usd=job.cost_usd or 0.0)
+    job.charged_at = now
+
+
+def charge_late(session: Session, job: Job, now: datetime, *, prompt_tokens: int = 0,
+                completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
+    """Use a charged job gains afterwards (a call that was still out when it was charged, or
+    the estimate of one booked as unknown) goes into the ledger too; before the charge, the
+    job's own totals carry it."""
+    if job.charged_at is not None and (prompt_tokens or completion_tokens or cost_usd):
+        _add_to_ledger(session, job.tenant_id, now, jobs=0, pages=0, prompt_tokens=prompt_tokens,
+                       completion_tokens=completion_tokens, cost_usd=cost_usd)
+
+
+def _add_to_ledger(session: Session, tenant_id: str, now: datetime, **amounts: Any) -> None:
+    statement = (postgresql.insert if session.connection().dialect.name == "postgresql"
+                 else sqlite.insert)(TenantUsage).values(tenant_id=tenant_id, day=now.date(),
+                                                         **amounts)
     added = {name: getattr(TenantUsage, name) + getattr(statement.excluded, name)
-             for name in ("jobs", "pages", "prompt_tokens", "completion_tokens", "cost_usd")}
+             for name in amounts}
     session.execute(statement.on_conflict_do_update(index_elements=["tenant_id", "day"],
                                                     set_=added))
-    job.charged_at = now
 
 
 def plan_demand(plan: ChunkPlan, estimate: float | None) -> Demand:

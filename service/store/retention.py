@@ -37,6 +37,7 @@ from service.core.settings import Settings
 from service.store.blobs import referenced
 from service.store.db import Database
 from service.store.models import (
+    CallStatus,
     Chunk,
     ChunkStatus,
     Document,
@@ -69,16 +70,21 @@ def serialize(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
 
 
-def _idle(now: datetime) -> list[ColumnElement[bool]]:
-    """Nothing of the job in flight: no claim on the job (planning, a merge) and no chunk whose
-    call a live worker may still be waiting for."""
+def _idle(now: datetime, in_flight_s: float) -> list[ColumnElement[bool]]:
+    """Nothing of the job in flight: no claim on the job (planning, a merge), no chunk whose
+    call a live worker may still be waiting for, and no call still out (a worker presumed dead
+    may close a chunk with its late answer while the worker it was sent again to waits for
+    its own: that call is counted when it returns)."""
     busy_chunk = exists().where(Chunk.job_id == Job.id, Chunk.status == ChunkStatus.RUNNING,
                                 Chunk.lease_until >= now)
-    return [or_(Job.lease_until.is_(None), Job.lease_until < now), ~busy_chunk]
+    call_out = exists().where(ModelCall.job_id == Job.id, ModelCall.status == CallStatus.SENT,
+                              ModelCall.created_at >= now - timedelta(seconds=in_flight_s))
+    return [or_(Job.lease_until.is_(None), Job.lease_until < now), ~busy_chunk, ~call_out]
 
 
-def job_idle(session: Session, job_id: str, now: datetime) -> bool:
-    return session.scalar(select(Job.id).where(Job.id == job_id, *_idle(now))) is not None
+def job_idle(session: Session, settings: Settings, job_id: str, now: datetime) -> bool:
+    return session.scalar(select(Job.id).where(
+        Job.id == job_id, *_idle(now, settings.call_in_flight_s))) is not None
 
 
 def job_rows(chunks_total: int | None) -> int:
@@ -209,7 +215,8 @@ def _settle_ended(db: Database, settings: Settings, now: datetime) -> int:
         with db.unit_of_work() as uow:
             serialize(uow.session)
             jobs = list(uow.session.scalars(
-                select(Job).where(Job.charged_at.is_(None), Job.status.in_(ENDED), *_idle(now))
+                select(Job).where(Job.charged_at.is_(None), Job.status.in_(ENDED),
+                                  *_idle(now, settings.call_in_flight_s))
                 .order_by(Job.finished_at).limit(BATCH).with_for_update(skip_locked=True)))
             for job in jobs:
                 settle(uow.session, settings, job, now)

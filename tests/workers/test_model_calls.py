@@ -92,6 +92,43 @@ def test_a_worker_presumed_dead_that_answers_after_all_has_its_answer_used(tmp_p
         s.stop()
 
 
+def test_a_job_whose_last_call_is_still_out_is_deleted_and_charged_once_it_returns(
+        tmp_path: Path) -> None:
+    """The answer of a worker presumed dead closes the chunk while the worker it was sent again
+    to still waits for its own call: the job has ended, but that call is still out. Deleting
+    the job waits for it (202), and the tenant is charged for both calls, as the model counted
+    them."""
+    s = start_stack(tmp_path, env_extra={"LONGDOC_VISIBILITY_TIMEOUT_S": "3600"},
+                    sandbox_args=["--ttft-s", "20"])
+    try:
+        with s.client(s.create_key("late")["api_key"]) as client:
+            job_id = job_mid_call(s, client)
+
+            def statuses() -> list[str]:
+                return [c["status"] for c in client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]]
+
+            s.pause("model")
+            try:
+                wait_until(lambda: statuses() == ["unknown"], 60,
+                           "the sweep to presume the worker dead and book its call as unknown")
+            finally:
+                s.pause("model", paused=False)
+            # Both calls take 20 s: the first answer arrives while the second call is out.
+            wait_until(lambda: statuses() == ["unknown", "sent"], 30, "the chunk's second call")
+            assert wait_job(client, job_id, 60)["status"] == "succeeded"
+            assert statuses() == ["answered", "sent"]
+            deleting = client.delete(f"/v1/jobs/{job_id}")
+            assert deleting.status_code == 202, deleting.text
+            wait_until(lambda: client.get(f"/v1/jobs/{job_id}").status_code == 404, 90,
+                       "the job to be deleted once its last call has returned")
+            model = s.sandbox_stats()
+            assert model["completed"] == 2 and model["in_flight"] == 0, model
+            used = client.get("/v1/usage").json()["tokens_per_day"]["used"]
+            assert used == model["prompt_tokens"] + model["completion_tokens"]
+    finally:
+        s.stop()
+
+
 def test_every_job_succeeds_through_503s_and_dropped_connections(stack: Stack, tenant) -> None:
     stack.sandbox(error_rate=0.3, drop_rate=0.1, seed=5)
     try:

@@ -32,6 +32,7 @@ from service.store.models import (
     new_id,
     utcnow,
 )
+from service.store.quotas import charge_late
 from service.store.views import job_out
 from workers.context import WorkerContext
 from workers.model_client import CallResult
@@ -100,14 +101,16 @@ def settle_call(session: Session, job: Job, row: ModelCall, call: CallResult | N
                 error: str | None, profile: ModelProfile) -> None:
     """Records how a call ended, and its usage on the job (once: a call already settled as
     unknown by the sweep has its estimate replaced by what was reported)."""
+    estimate = 0.0
     if row.status == CallStatus.UNKNOWN:
         job.unknown_calls = max(0, job.unknown_calls - 1)
-        job.cost_usd -= row.cost_usd
-        row.cost_usd = 0.0
+        estimate, row.cost_usd = row.cost_usd, 0.0
+        job.cost_usd -= estimate
     elif row.status != CallStatus.SENT:
         return
     if call is None:
         row.status, row.error = CallStatus.FAILED, (error or "no answer")[:500]
+        charge_late(session, job, utcnow(), cost_usd=-estimate)
         return
     cost = profile.cost_usd(call.prompt_tokens, call.cached_tokens, call.completion_tokens)
     row.status, row.model, row.status_code = CallStatus.ANSWERED, call.model, 200
@@ -125,6 +128,8 @@ def settle_call(session: Session, job: Job, row: ModelCall, call: CallResult | N
     if call.gateway_cost_usd is not None:
         job.gateway_cost_usd = (job.gateway_cost_usd or 0.0) + call.gateway_cost_usd
     job.model = job.model or call.model
+    charge_late(session, job, utcnow(), prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens, cost_usd=cost - estimate)
     if row.predicted_prompt_tokens and call.prompt_tokens != row.predicted_prompt_tokens:
         log.info("model.call.count_mismatch", job_id=job.id,
                  predicted=row.predicted_prompt_tokens, reported=call.prompt_tokens)
@@ -144,6 +149,7 @@ def mark_unknown_calls(session: Session, job: Job, profile: ModelProfile,
         row.cost_usd = profile.cost_usd(row.predicted_prompt_tokens, 0, 0)
         job.cost_usd += row.cost_usd
         job.unknown_calls += 1
+        charge_late(session, job, utcnow(), cost_usd=row.cost_usd)
     return len(rows)
 
 

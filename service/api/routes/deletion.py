@@ -95,7 +95,7 @@ def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
             row.status, row.finished_at = JobStatus.CANCELED, now
         row.purge_at = now
         # A large job is left to the purge, which deletes it in short transactions.
-        if job_idle(uow.session, job_id, now) and job_rows(row.chunks_total) <= ROWS:
+        if job_idle(uow.session, services.settings, job_id, now) and job_rows(row.chunks_total) <= ROWS:
             settle(uow.session, services.settings, row, now)
             delete_job_rows(uow.session, [row])
         else:
