@@ -101,16 +101,17 @@ def _record_upload(services: Services, tenant_id: str, upload: UploadedFile, med
 def _insert_document(services: Services, tenant_id: str, upload: UploadedFile, media_type: str,
                      password: str | None, source_url: str | None,
                      once: Once | None) -> tuple[Document, dict[str, Any]]:
+    # Filed under its hash just before the row commits (a crash in between leaves a file no row
+    # refers to, which the blob sweep removes), and outside the write transaction: copying a
+    # large upload in S3 holds up no other writer.
+    sha256 = upload.commit()
     with services.unit_of_work() as uow:
         doc = Document(
             id=new_id("doc"), tenant_id=tenant_id, filename=upload.filename or None,
             source_url=source_url,
-            sha256="", media_type=media_type, bytes=upload.size,
+            sha256=sha256, media_type=media_type, bytes=upload.size,
             status=DocumentStatus.PROCESSING,
             password_sealed=seal(services.settings, password) if password else None)
-        # Filed under its hash just before the row commits: a crash in between leaves a file
-        # no row refers to, which the blob sweep removes.
-        doc.sha256 = upload.commit()
         doc.dispatched_at = utcnow()
         doc.purge_at = doc.dispatched_at + timedelta(seconds=services.settings.retention_seconds)
         uow.session.add(doc)
