@@ -14,7 +14,6 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,13 @@ Rule = Callable[["Compose", "Image"], list[str]]
 
 # --- Compose: schema, interpolation -------------------------------------------------------
 
+COMPOSE_SPEC = Path(__file__).parent / "compose-spec" / "compose-spec.json"
+
+
 def compose_schema() -> dict[str, Any]:
-    """The Compose Specification's JSON schema as check-jsonschema ships it (Apache-2.0,
-    compose-spec/compose-spec; licence in the package, vendor/licenses/LICENSE.compose-spec)."""
-    text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(
-        "compose-spec.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+    """The Compose Specification's JSON schema, vendored with its Apache-2.0 licence (see
+    tests/deploy/compose-spec/SOURCE.md)."""
+    schema: dict[str, Any] = json.loads(COMPOSE_SPEC.read_text(encoding="utf-8"))
     return schema
 
 
