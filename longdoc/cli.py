@@ -319,7 +319,7 @@ def add_commands(sub: Any) -> None:
         (cancel, cmd_jobs_cancel)]
     for parser, func in commands:
         if parser is not listing:
-            parser.add_argument("job_id", metavar="JOB_ID")
+            parser.add_argument("job_id", metavar="JOB_ID", help="the job's id (job_…)")
         _connection(parser)
         parser.set_defaults(func=func)
 
@@ -332,7 +332,8 @@ def add_commands(sub: Any) -> None:
     for parser, func in [(doc_list, cmd_documents_list), (doc_show, cmd_documents_show),
                          (doc_delete, cmd_documents_delete)]:
         if parser is not doc_list:
-            parser.add_argument("document_id", metavar="DOCUMENT_ID")
+            parser.add_argument("document_id", metavar="DOCUMENT_ID",
+                                help="the document's id (doc_…)")
         _connection(parser)
         parser.set_defaults(func=func)
 

@@ -36,6 +36,25 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class HealthOut(BaseModel):
+    """The process answers (liveness)."""
+
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """Every dependency answered: ``checks`` names each (database, redis, broker, storage)."""
+
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class NotReadyOut(ErrorBody):
+    """503 ``not_ready``: ``checks`` says which dependency did not answer, and how."""
+
+    checks: dict[str, str]
+
+
 class DocumentOut(BaseModel):
     id: str
     filename: str | None = None

@@ -53,3 +53,21 @@ def test_no_generated_request_gets_a_server_error(api: Any) -> None:
     assert len(statuses["POST /v1/jobs"]) >= 20, statuses.get("POST /v1/jobs")
     assert len(statuses["POST /v1/documents"]) >= 20, statuses.get("POST /v1/documents")
     assert all(code < 500 for codes in statuses.values() for code in codes)
+
+
+def test_every_operation_says_what_it_answers(stack: Stack) -> None:
+    """Each JSON answer of the published API has its schema in /openapi.json (a client can be
+    generated from it), the readiness probe's 503 included."""
+    spec = httpx.get(f"{stack.url}/openapi.json", timeout=30).json()
+    undescribed = [
+        f"{method.upper()} {path} {status}"
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        if status.startswith("2") or status == "503"
+        for media, content in response.get("content", {}).items()
+        if "json" in media and not content.get("schema")]
+    assert undescribed == []
+    ready = spec["paths"]["/readyz"]["get"]["responses"]
+    assert {"200", "503"} <= set(ready)
+    assert httpx.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}

@@ -32,3 +32,32 @@ def test_longdoc_run_keeps_one_development_key(tmp_path: Path) -> None:
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     key_file.write_text("ld_revoked-or-unknown\n")
     assert _run(["-c", show], data) not in (first, "ld_revoked-or-unknown")
+
+
+def test_every_command_and_flag_says_what_it_does() -> None:
+    """``longdoc --help`` and every ``longdoc COMMAND --help`` describe each command, option and
+    argument (the sandbox's own options are checked in tests/sandbox)."""
+    import argparse
+
+    from service.cli import parser
+
+    silent: list[str] = []
+
+    def walk(p: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                described = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, command in action.choices.items():
+                    if not described.get(name):
+                        silent.append(" ".join([*path, name]))
+                    if name != "sandbox":
+                        walk(command, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                silent.append(" ".join([*path, "/".join(action.option_strings or [action.dest])]))
+
+    walk(parser(), ["longdoc"])
+    assert silent == []
+    for command in ("extract", "jobs show", "documents delete", "tenants set-limits", "check"):
+        out = subprocess.run([sys.executable, "-m", "service.cli", *command.split(), "--help"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: longdoc" in out.stdout, out.stderr

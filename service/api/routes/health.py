@@ -8,15 +8,16 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from schemas.api import HealthOut, NotReadyOut, ReadyOut
 from service.api.deps import Services, ServicesDep
 from service.store.queue import check_broker
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=HealthOut)
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
 
 
 def _check_db(services: Services) -> None:
@@ -32,7 +33,7 @@ async def _check(probe: Callable[[], None]) -> str:
         return f"unavailable: {type(exc).__name__}"
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": NotReadyOut}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
