@@ -160,8 +160,7 @@ def test_webhook_verify_returns_the_typed_event_and_refuses_a_forgery(stack: Sta
         assert event.type == "job.succeeded" and event.job.id == result.job_id
         assert event.job.status == JobStatus.SUCCEEDED
         assert event.job.result_url == f"/v1/jobs/{result.job_id}/result"
-        if event.result is not None:  # the result rides along once issue 16 has landed
-            assert event.result.data == result.data
+        assert event.result is not None and event.result.data == result.data  # it rides along
         with pytest.raises(InvalidWebhook):
             verify(delivered.body.replace(b"succeeded", b"failed"), delivered.headers,
                    keys["webhook_secret"])
