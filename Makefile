@@ -55,7 +55,7 @@ lint: setup
 
 # Benchmarks (results in docs/benchmarks.md); the throughput ones take a few minutes each
 # (overhead and latency once per backend: local files or S3, Redis or RabbitMQ), then fairness,
-# hostile requests, recovery and the cost of metrics.
+# hostile requests, how soon a waiting client hears a job ended, recovery and the cost of metrics.
 bench: setup test-services
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.planning
@@ -68,6 +68,7 @@ bench-throughput: setup test-services
 	$(BIN)/python -m bench.throughput s3read
 	$(BIN)/python -m bench.fairness
 	$(BIN)/python -m bench.hostile
+	$(BIN)/python -m bench.waiting
 	$(BIN)/python -m bench.recovery kill
 	$(BIN)/python -m bench.recovery sweep
 	$(BIN)/python -m bench.metrics
