@@ -10,7 +10,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.stack import Stack, create_job, start_stack, upload, wait_document, wait_job, wait_until
+from tests.support.stack import (
+    Stack,
+    create_job,
+    job_calls,
+    start_stack,
+    upload,
+    wait_document,
+    wait_job,
+    wait_until,
+)
 
 SCHEMA = {"type": "object", "required": ["title"], "properties": {"title": {"type": "string"},
                                                                  "amount": {"type": "number"}}}
@@ -48,7 +57,7 @@ def test_a_worker_killed_mid_call_loses_nothing(tmp_path) -> None:
             s.start_worker("model", name="model-2")
             job = wait_job(client, job_id, 90)
             assert job["status"] == "succeeded", job
-            calls = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+            calls = job_calls(client, job_id)
             # The killed call is on the books as unknown (it may have been billed), the rerun
             # as answered; usage counts what was reported, the cost the estimate as well.
             assert [c["status"] for c in calls] == ["unknown", "answered"]
@@ -75,14 +84,13 @@ def test_a_worker_presumed_dead_that_answers_after_all_has_its_answer_used(tmp_p
             job_id = job_mid_call(s, client)
             s.pause("model")  # alive, but renews nothing and records nothing
             try:
-                wait_until(lambda: [c["status"] for c in client.get(
-                    f"/v1/jobs/{job_id}/calls").json()["calls"]] == ["unknown"], 60,
+                wait_until(lambda: [c["status"] for c in job_calls(client, job_id)] == ["unknown"], 60,
                     "the sweep to presume the worker dead and book its call as unknown")
             finally:
                 s.pause("model", paused=False)
             job = wait_job(client, job_id, 90)
             assert job["status"] == "succeeded", job
-            first, *others = client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]
+            first, *others = job_calls(client, job_id)
             assert first["status"] == "answered" and first["answer_used"], first
             assert first["error"] is None, "answered after all: no longer presumed lost"
             # Its result is the first call's answer; a call sent again meanwhile is not used.
@@ -105,7 +113,7 @@ def test_a_job_whose_last_call_is_still_out_is_deleted_and_charged_once_it_retur
             job_id = job_mid_call(s, client)
 
             def statuses() -> list[str]:
-                return [c["status"] for c in client.get(f"/v1/jobs/{job_id}/calls").json()["calls"]]
+                return [c["status"] for c in job_calls(client, job_id)]
 
             s.pause("model")
             try:
@@ -141,7 +149,7 @@ def test_every_job_succeeds_through_503s_and_dropped_connections(stack: Stack, t
             stats = stack.sandbox_stats()
             assert stats["errors"] >= 3 and stats["dropped"] >= 1, stats
             for job in ended:  # one answer per job; calls that got none cost nothing
-                calls = client.get(f"/v1/jobs/{job['id']}/calls").json()["calls"]
+                calls = job_calls(client, job["id"])
                 answered = [c for c in calls if c["status"] == "answered"]
                 assert len(answered) == 1 and {c["status"] for c in calls} <= {"answered", "failed"}
                 assert job["usage"]["prompt_tokens"] == answered[0]["prompt_tokens"]
